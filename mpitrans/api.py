@@ -1,0 +1,84 @@
+"""Drop-in replacements for MindSpore's checkpoint-transformation functions.
+
+Same names, arguments and output files as `mindspore.transform_checkpoints`,
+`mindspore.transform_checkpoint_by_rank`, `mindspore.rank_list_for_transform` and
+`mindspore.merge_pipeline_strategys`, but tensors are streamed byte range by byte range instead of
+loading whole checkpoints, dtypes are never converted, and mindspore is not imported. They run in the
+calling process alone; use `mpitrans.transform` (or `python -m mpitrans` under mpirun) to spread the work.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from mpitrans.engine import RankStats, Summary, execute, transform
+from mpitrans.errors import MpitransError
+from mpitrans.planner import Planner, TensorMeta, rank_list_for_strategies
+from mpitrans.storage.ckpt import index_checkpoint
+from mpitrans.strategy.merge import load_strategy
+from mpitrans.strategy.merge import merge_pipeline_strategys as merge_pipeline_strategys
+from mpitrans.transport import LocalTransport
+
+__all__ = [
+    "merge_pipeline_strategys",
+    "rank_list_for_transform",
+    "transform_checkpoint_by_rank",
+    "transform_checkpoints",
+]
+
+
+def transform_checkpoints(
+    src_checkpoints_dir: str,
+    dst_checkpoints_dir: str,
+    ckpt_prefix: str,
+    src_strategy_file: str | None = None,
+    dst_strategy_file: str | None = None,
+) -> Summary:
+    """Reshard every target rank into `dst_checkpoints_dir/rank_x/{ckpt_prefix}x.ckpt` in this process."""
+    if not os.path.isdir(src_checkpoints_dir):
+        raise MpitransError(f"src_checkpoints_dir {src_checkpoints_dir} is not a directory")
+    return transform(src_checkpoints_dir, dst_checkpoints_dir, src_strategy_file, dst_strategy_file,
+                     prefix=ckpt_prefix, comm=LocalTransport())
+
+
+def rank_list_for_transform(
+    rank_id: int, src_strategy_file: str | None = None, dst_strategy_file: str | None = None
+) -> list[int]:
+    """Source ranks whose checkpoints MindSpore reads to build target `rank_id`, highest first."""
+    if not isinstance(rank_id, int):
+        raise TypeError("rank_id must be an int")
+    if src_strategy_file is None:
+        return [0]
+    src = load_strategy(src_strategy_file)
+    dst = load_strategy(dst_strategy_file) if dst_strategy_file is not None else None
+    return rank_list_for_strategies(rank_id, src, dst)
+
+
+def transform_checkpoint_by_rank(
+    rank_id: int,
+    checkpoint_files_map: dict[int, str],
+    save_checkpoint_file_name: str,
+    src_strategy_file: str | None = None,
+    dst_strategy_file: str | None = None,
+) -> None:
+    """Build target `rank_id` from the given source files (rank -> path) into one file."""
+    if not isinstance(checkpoint_files_map, dict):
+        raise TypeError("checkpoint_files_map must be a dict of rank -> checkpoint file")
+    if not str(save_checkpoint_file_name).endswith(".ckpt"):
+        raise MpitransError(f"save_checkpoint_file_name {save_checkpoint_file_name} must end with .ckpt")
+    for rank, path in checkpoint_files_map.items():
+        if not os.path.exists(path):
+            raise MpitransError(f"checkpoint file {path} of source rank {rank} does not exist")
+    src = load_strategy(src_strategy_file) if src_strategy_file is not None else None
+    dst = load_strategy(dst_strategy_file) if dst_strategy_file is not None else None
+    paths = {int(r): os.path.abspath(p) for r, p in checkpoint_files_map.items()}
+    metas = {}
+    for r, p in paths.items():
+        metas[r] = [TensorMeta(e.name, e.dtype, tuple(e.shape)) for e in index_checkpoint(p).entries]
+    planner = Planner(src, dst, metas)
+    plan = planner.plan(rank_id, load_order=list(paths))
+    stats = RankStats(0, socket.gethostname())
+    out = os.path.abspath(save_checkpoint_file_name)
+    seers = {r: [0] for r in paths}
+    execute(LocalTransport(), {rank_id: plan}, {rank_id: 0}, seers, paths, metas, lambda _t: out, 1 << 28, stats)

@@ -1,0 +1,188 @@
+"""Command line: `python -m mpitrans [subcommand] ...`, normally under mpirun.
+
+With no subcommand the job is the transform. Errors found before any byte moves are agreed on by every
+rank and reported once by rank 0; anything that goes wrong while bytes move aborts the whole MPI job at
+once, because a rank that simply exits would leave its peers waiting forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+EXAMPLE = """\
+examples:
+  # 8-rank training checkpoint -> 4 ranks, 4 processes (one per target rank)
+  mpirun -n 4 python -m mpitrans --src-checkpoint out/checkpoint --src-strategy out/strategy/ \\
+      --dst-checkpoint resharded --dst-strategy dst_strategy.ckpt
+
+  # merge all ranks into one full checkpoint, in this process only
+  python -m mpitrans --src-checkpoint out/checkpoint --src-strategy src_strategy.ckpt --dst-checkpoint full
+
+subcommands:
+  merge-strategy   merge per-stage strategy files into one (like mindspore.merge_pipeline_strategys)
+  rank-list        print the source ranks a target rank needs (like mindspore.rank_list_for_transform)
+"""
+
+
+def _transform_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mpitrans",
+        description="Reshard MindSpore distributed checkpoints to a new parallel layout, across all the "
+        "processes of one MPI job. Each process reads only the byte ranges it needs from the files it can "
+        "see, receives the rest from peers, and writes its target ranks on its own disk.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--src-checkpoint", "--src_checkpoint", "--src_ckpt_dir", "--src-ckpt-dir", dest="src_checkpoint",
+                   required=True, metavar="PATH",
+                   help="source model_dir holding rank_x/*.ckpt (the last .ckpt in name order is used per "
+                   "rank), or one full .ckpt file")
+    p.add_argument("--src-strategy", "--src_strategy", "--src_ckpt_strategy", "--src-ckpt-strategy",
+                   "--src_strategy_path_or_dir", dest="src_strategy", metavar="PATH",
+                   help="source strategy file (protobuf or .json), or a directory of per-stage files "
+                   "(ckpt_strategy_rank_x.ckpt) merged in memory; omit when the source is one full checkpoint")
+    p.add_argument("--dst-checkpoint", "--dst_checkpoint", "--dst_checkpoint_dir", "--dst-checkpoint-dir",
+                   "--dst_ckpt_dir", "--dst-ckpt-dir", dest="dst_checkpoint", required=True, metavar="DIR",
+                   help="output directory; target rank x is written to DIR/rank_x/{prefix}x.ckpt")
+    p.add_argument("--dst-strategy", "--dst_strategy", "--dst_ckpt_strategy", "--dst-ckpt-strategy",
+                   dest="dst_strategy", metavar="PATH",
+                   help="destination strategy file or per-stage directory; omit for one full checkpoint")
+    p.add_argument("--prefix", default="checkpoint_",
+                   help="output file name prefix (default: checkpoint_, giving checkpoint_x.ckpt)")
+    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default="256M", metavar="SIZE",
+                   help="bytes of chunk buffers each process may hold (e.g. 256M, 1G; default 256M)")
+    p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE",
+                   help="also write the run summary as JSON to FILE (rank 0)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level of rank 0 (others: WARNING)")
+    return p
+
+
+def parse_size(text: str) -> int:
+    """'256M', '1G', '65536' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    s = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if s and s[-1] in units:
+        return int(float(s[:-1]) * units[s[-1]])
+    return int(s)
+
+
+def _setup_logging(rank: int, level: str, quiet: bool) -> None:
+    lvl = logging.ERROR if quiet else (getattr(logging, level) if rank == 0 else logging.WARNING)
+    logging.basicConfig(level=lvl, format=f"[mpitrans r{rank}] %(message)s", stream=sys.stderr)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def format_summary(summary) -> str:
+    lines = [f"mpitrans: wrote {len(summary.targets)} target rank(s) under {summary.dst_checkpoint} "
+             f"in {summary.wall_seconds:.2f} s "
+             f"({summary.bytes_written / max(summary.wall_seconds, 1e-9) / 1e9:.2f} GB/s written)"]
+    lines.append(f"  {'rank':>4} {'host':<16} {'targets':<12} {'read':>10} {'sent':>10} {'received':>10} "
+                 f"{'written':>10}")
+    for r in summary.ranks:
+        tgts = ",".join(map(str, r.targets)) or "-"
+        lines.append(f"  {r.rank:>4} {r.host[:16]:<16} {tgts[:12]:<12} {_human(r.bytes_read):>10} "
+                     f"{_human(r.bytes_sent):>10} {_human(r.bytes_received):>10} {_human(r.bytes_written):>10}")
+    return "\n".join(lines)
+
+
+def _run_transform(argv: Sequence[str]) -> int:
+    args = _transform_parser().parse_args(argv)
+    from mpitrans.engine import JobError, transform
+    from mpitrans.errors import MpitransError
+    from mpitrans.transport import make_transport
+
+    t = make_transport(None)
+    _setup_logging(t.rank, args.log_level, args.quiet)
+    try:
+        summary = transform(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
+                            prefix=args.prefix, comm=t, max_buffer=parse_size(args.max_buffer))
+    except JobError as exc:  # every rank holds the same message: report once, exit cleanly
+        if t.rank == 0:
+            print(f"mpitrans: error: {exc}", file=sys.stderr)
+        return 1
+    except MpitransError as exc:
+        print(f"mpitrans: error on rank {t.rank}: {exc}", file=sys.stderr)
+        t.abort(1)
+        return 1
+    except BaseException as exc:  # a bug or an I/O failure mid-transfer: take the whole job down
+        import traceback
+
+        traceback.print_exc()
+        print(f"mpitrans: rank {t.rank} failed: {exc!r}; aborting the job", file=sys.stderr)
+        t.abort(1)
+        return 1
+    if t.rank == 0:
+        if not args.quiet:
+            print(format_summary(summary))
+        if args.json_summary:
+            with open(args.json_summary, "w", encoding="utf-8") as f:
+                json.dump(summary.to_json(), f, indent=2)
+    return 0
+
+
+def _run_merge(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m mpitrans merge-strategy",
+                                description="Merge per-stage strategy files into one file MindSpore can read.")
+    p.add_argument("src", help="directory of per-stage strategy files (or one file)")
+    p.add_argument("dst", help="merged strategy file to write (.json for JSON)")
+    args = p.parse_args(argv)
+    from mpitrans.errors import MpitransError
+    from mpitrans.strategy.merge import merge_pipeline_strategys
+
+    try:
+        merge_pipeline_strategys(args.src, args.dst)
+    except MpitransError as exc:
+        print(f"mpitrans: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"mpitrans: merged strategy written to {args.dst}")
+    return 0
+
+
+def _run_rank_list(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m mpitrans rank-list",
+                                description="Print the source ranks MindSpore needs to build a target rank.")
+    p.add_argument("rank", type=int)
+    p.add_argument("--src-strategy", "--src_strategy", dest="src_strategy")
+    p.add_argument("--dst-strategy", "--dst_strategy", dest="dst_strategy")
+    args = p.parse_args(argv)
+    from mpitrans.api import rank_list_for_transform
+    from mpitrans.errors import MpitransError
+
+    try:
+        print(" ".join(map(str, rank_list_for_transform(args.rank, args.src_strategy, args.dst_strategy))))
+    except MpitransError as exc:
+        print(f"mpitrans: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] == "transform":
+        argv = argv[1:]
+    code = _run_transform(argv)
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,490 @@
+"""The job: agree on strategies and inventories, plan, then stream bytes from readers to writers.
+
+Every process runs the same sequence. Phases that can fail on bad input (strategies, inventories,
+metadata, planning) end with an agreement step, so one bad file makes every rank stop with the same
+message instead of leaving peers waiting in a collective. After planning, each rank moves bytes in
+rounds (see `schedule`): reads what it was assigned, sends it to the writer that needs it, assembles
+its own chunk, and hands it to a background thread that streams it to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from math import prod
+
+import numpy as np
+
+from mpitrans.errors import MissingShardError, MpitransError
+from mpitrans.layout import box_shape
+from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta, rank_list_for_strategies
+from mpitrans.schedule import Chunk, Piece, build_chunks
+from mpitrans.sources import discover_sources, rank_dirs_without_checkpoint
+from mpitrans.storage.ckpt import CheckpointWriter, index_checkpoint, itemsize_of, read_box_into
+from mpitrans.strategy.codec import strategy_from_bytes, strategy_to_bytes
+from mpitrans.strategy.merge import load_strategy
+from mpitrans.transport import Transport, make_transport
+
+log = logging.getLogger("mpitrans")
+
+DEFAULT_MAX_BUFFER = 256 << 20
+
+
+class JobError(MpitransError):
+    """An error some rank hit, reported identically on every rank."""
+
+
+@dataclass
+class RankStats:
+    rank: int
+    host: str
+    targets: list[int] = field(default_factory=list)
+    bytes_read: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    # Source ranks whose bytes reached this rank over MPI rather than from its own disk.
+    received_sources: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    dst_checkpoint: str
+    targets: dict[int, str]  # target rank -> file path
+    placement: dict[int, int]  # target rank -> MPI rank that wrote it
+    ranks: list[RankStats]
+    wall_seconds: float
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(r.bytes_written for r in self.ranks)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["bytes_written"] = self.bytes_written
+        d["gb_per_s"] = self.bytes_written / self.wall_seconds / 1e9 if self.wall_seconds > 0 else 0.0
+        return d
+
+
+def round_robin_placement(targets: Sequence[int], nprocs: int) -> dict[int, int]:
+    """Target i on MPI rank i (mod the process count): a hostfile laid out like training puts each shard
+    on the host that will load it."""
+    return {t: t % nprocs for t in targets}
+
+
+def _agree(t: Transport, fn: Callable[[], object]) -> object:
+    """Run `fn`; if it failed on any rank, raise the lowest rank's message on every rank."""
+    result, err = None, ""
+    try:
+        result = fn()
+    except MpitransError as exc:
+        err = str(exc)
+    except OSError as exc:
+        err = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    errors = t.allgather_bytes(err.encode())
+    for r, msg in enumerate(errors):
+        if msg:
+            prefix = f"rank {r}: " if t.size > 1 else ""
+            raise JobError(prefix + msg.decode())
+    return result
+
+
+def _metas_to_json(metas: dict[int, list[TensorMeta]]) -> bytes:
+    return json.dumps({str(r): [[m.name, m.dtype, list(m.shape)] for m in ms] for r, ms in metas.items()}).encode()
+
+
+def _metas_from_json(data: bytes) -> dict[int, list[TensorMeta]]:
+    raw = json.loads(data.decode()) if data else {}
+    return {int(r): [TensorMeta(n, d, tuple(s)) for n, d, s in ms] for r, ms in raw.items()}
+
+
+class _SourceFiles:
+    """Open source files and their indexes, opened on first use and kept for the job."""
+
+    def __init__(self, paths: dict[int, str], metas: dict[int, list[TensorMeta]]) -> None:
+        self.paths = paths
+        self.metas = {r: {m.name: m for m in ms} for r, ms in metas.items()}
+        self._fds: dict[int, int] = {}
+        self._index: dict[int, object] = {}
+        self.bytes_read = 0
+
+    def entry(self, src_rank: int, name: str):
+        if src_rank not in self._index:
+            path = self.paths[src_rank]
+            self._fds[src_rank] = os.open(path, os.O_RDONLY)
+            self._index[src_rank] = index_checkpoint(path)
+        entry = self._index[src_rank].get(name)
+        meta = self.metas.get(src_rank, {}).get(name)
+        if entry is None or (meta is not None and (tuple(entry.shape) != meta.shape or entry.dtype != meta.dtype)):
+            raise MpitransError(
+                f"{self.paths[src_rank]}: parameter {name!r} differs from the copy of this file other ranks "
+                f"indexed (missing, or another dtype/shape)"
+            )
+        return self._fds[src_rank], entry
+
+    def read(self, piece: Piece, out: memoryview) -> None:
+        fd, entry = self.entry(piece.src_rank, piece.tensor)
+        read_box_into(fd, entry, piece.src_box, out)
+        self.bytes_read += len(out)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _is_contiguous_sub_box(box, shape) -> bool:
+    """True when `box` inside a C-contiguous block of `shape` is itself one contiguous byte run."""
+    p = 0
+    while p < len(shape) - 1 and box[p][1] - box[p][0] == 1:
+        p += 1
+    return all(box[q] == (0, shape[q]) for q in range(p + 1, len(shape)))
+
+
+def _flat_offset(box, shape) -> int:
+    off = 0
+    for (a, _), s in zip(box, shape, strict=True):
+        off = off * s + a
+    return off
+
+
+class _Assembler:
+    """Places piece bytes into a chunk buffer."""
+
+    @staticmethod
+    def target_view(buf: bytearray, piece: Piece) -> memoryview | None:
+        if not _is_contiguous_sub_box(piece.in_block, piece.block_shape):
+            return None
+        start = piece.block_offset + _flat_offset(piece.in_block, piece.block_shape) * piece.itemsize
+        return memoryview(buf)[start:start + piece.nbytes]
+
+    @staticmethod
+    def scatter(buf: bytearray, piece: Piece, data: memoryview) -> None:
+        view = _Assembler.target_view(buf, piece)
+        if view is not None:
+            view[:] = data
+            return
+        n = prod(piece.block_shape) * piece.itemsize
+        block = np.frombuffer(buf, dtype=np.uint8, count=n, offset=piece.block_offset)
+        block = block.reshape((*piece.block_shape, piece.itemsize))
+        sel = tuple(slice(a, b) for a, b in piece.in_block)
+        block[sel] = np.frombuffer(data, dtype=np.uint8).reshape((*box_shape(piece.in_block), piece.itemsize))
+
+
+class _DiskWriter(threading.Thread):
+    """Streams assembled chunks into the target files on this rank, overlapping disk writes with the next
+    round's reads and transfers."""
+
+    def __init__(
+        self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], itemsize: Callable[[str], int]
+    ) -> None:
+        super().__init__(name="mpitrans-writer", daemon=True)
+        self.targets = targets
+        self.path_of = path_of
+        self.itemsize = itemsize
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.bytes_written = 0
+        self.paths: dict[int, str] = {}
+
+    def run(self) -> None:
+        current: CheckpointWriter | None = None
+        current_index = -1
+        opened: set[int] = set()
+        try:
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    break
+                chunk, buf = item
+                view = memoryview(buf)
+                for seg in chunk.segments:
+                    if seg.target_index != current_index:
+                        if current is not None:
+                            current.close()
+                        current = self._open(seg.target_index)
+                        current_index = seg.target_index
+                        opened.add(current_index)
+                    tensor = self.targets[seg.target_index].tensors[seg.tensor_index]
+                    if seg.start == 0:
+                        current.begin_tensor(tensor.name, tensor.dtype, tensor.shape)
+                    n = (seg.stop - seg.start) * self.itemsize(tensor.dtype)
+                    current.write(view[seg.chunk_offset:seg.chunk_offset + n])
+                    self.bytes_written += n
+            if current is not None:
+                current.close()
+                current = None
+            for i, _ in enumerate(self.targets):
+                if i not in opened:  # a target with no tensors still gets its (empty) file
+                    self._open(i).close()
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+            if current is not None:
+                current.abort()
+            while True:  # keep draining so the main thread never blocks on a full queue
+                if self.queue.get() is None:
+                    break
+
+    def _open(self, index: int) -> CheckpointWriter:
+        target = self.targets[index]
+        path = self.path_of(target)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.paths[target.rank] = path
+        return CheckpointWriter(path)
+
+
+def _run_rounds(
+    t: Transport,
+    plans: dict[int, TargetPlan],
+    placement: dict[int, int],
+    seers: dict[int, list[int]],
+    files: _SourceFiles,
+    writer: _DiskWriter | None,
+    chunk_bytes: int,
+    stats: RankStats,
+) -> None:
+    me = t.rank
+    load = defaultdict(int)
+
+    def chooser(writer_rank: int):
+        def choose(target: TargetPlan, tensor: OutTensor, ri: int) -> tuple[int, int]:
+            region = tensor.regions[ri]
+            for g in region.candidates:
+                if writer_rank in seers.get(g, ()):
+                    return writer_rank, g
+            best = None
+            for g in region.candidates:
+                for r in seers.get(g, ()):
+                    if best is None or load[r] < load[best[0]]:
+                        best = (r, g)
+            if best is None:  # validated before any byte moves; kept as a guard
+                raise MissingShardError(f"no process sees a source file for {tensor.name!r}")
+            load[best[0]] += prod(box_shape(region.dst_box))
+            return best
+
+        return choose
+
+    writers = sorted(set(placement.values()))
+    gens = {}
+    for w in writers:
+        mine = [plans[tr] for tr in sorted(plans) if placement[tr] == w]
+        gens[w] = build_chunks(mine, chunk_bytes, itemsize_of, chooser(w))
+    while gens:
+        chunks: dict[int, Chunk] = {}
+        for w in list(gens):
+            c = next(gens[w], None)
+            if c is None:
+                del gens[w]
+            else:
+                chunks[w] = c
+        if not chunks:
+            break
+        own = chunks.get(me)
+        buf = bytearray(own.nbytes) if own is not None else None
+        recvs, incoming = [], []
+        if own is not None:
+            by_reader: dict[int, list[Piece]] = defaultdict(list)
+            for p in own.pieces:
+                if p.reader != me:
+                    by_reader[p.reader].append(p)
+            for r, ps in sorted(by_reader.items()):
+                staging = bytearray(sum(p.nbytes for p in ps))
+                recvs.append((r, memoryview(staging)))
+                incoming.append((staging, ps))
+        sends = []
+        for w, c in sorted(chunks.items()):
+            if w == me:
+                continue
+            ps = [p for p in c.pieces if p.reader == me]
+            if not ps:
+                continue
+            out = bytearray(sum(p.nbytes for p in ps))
+            view = memoryview(out)
+            pos = 0
+            for p in ps:
+                files.read(p, view[pos:pos + p.nbytes])
+                pos += p.nbytes
+            sends.append((w, view))
+            stats.bytes_sent += len(out)
+        if own is not None:
+            for p in own.pieces:
+                if p.reader != me:
+                    continue
+                target = _Assembler.target_view(buf, p)
+                if target is not None:
+                    files.read(p, target)
+                else:
+                    tmp = bytearray(p.nbytes)
+                    files.read(p, memoryview(tmp))
+                    _Assembler.scatter(buf, p, memoryview(tmp))
+        if sends or recvs:
+            t.exchange(sends, recvs)
+        for staging, ps in incoming:
+            view = memoryview(staging)
+            pos = 0
+            for p in ps:
+                _Assembler.scatter(buf, p, view[pos:pos + p.nbytes])
+                pos += p.nbytes
+                if p.src_rank not in stats.received_sources:
+                    stats.received_sources.append(p.src_rank)
+            stats.bytes_received += len(staging)
+        if own is not None:
+            if writer.error is not None:
+                raise writer.error
+            writer.queue.put((own, buf))
+
+
+def execute(
+    t: Transport,
+    plans: dict[int, TargetPlan],
+    where: dict[int, int],
+    seers: dict[int, list[int]],
+    visible: dict[int, str],
+    metas: dict[int, list[TensorMeta]],
+    path_of: Callable[[TargetPlan], str],
+    max_buffer: int,
+    stats: RankStats,
+) -> None:
+    """Move the planned bytes: collective over `t`; any failure here must abort the job (peers wait)."""
+    fanout = max(1, t.size - 1)
+    chunk_bytes = max(1 << 20, min(max_buffer // (3 + min(fanout, 8)), 512 << 20))
+    mine_targets = [plans[tr] for tr in sorted(plans) if where[tr] == t.rank]
+    writer = _DiskWriter(mine_targets, path_of, itemsize_of) if mine_targets else None
+    files = _SourceFiles(visible, metas)
+    if writer is not None:
+        writer.start()
+    try:
+        _run_rounds(t, plans, where, seers, files, writer, chunk_bytes, stats)
+    finally:
+        if writer is not None:
+            writer.queue.put(None)
+            writer.join()
+        files.close()
+    if writer is not None and writer.error is not None:
+        raise writer.error
+    stats.bytes_read = files.bytes_read
+    stats.bytes_written = writer.bytes_written if writer is not None else 0
+
+
+def transform(
+    src_checkpoint: str,
+    dst_checkpoint: str,
+    src_strategy: str | None = None,
+    dst_strategy: str | None = None,
+    prefix: str = "checkpoint_",
+    comm=None,
+    max_buffer: int = DEFAULT_MAX_BUFFER,
+    placement: Callable[[Sequence[int], int], dict[int, int]] = round_robin_placement,
+) -> Summary:
+    """Reshard `src_checkpoint` into `dst_checkpoint/rank_x/{prefix}x.ckpt`; collective over `comm`.
+
+    `comm` is an mpi4py communicator (default: COMM_WORLD when launched by mpirun, else this process
+    alone). Raises `MpitransError` (the same message on every rank) for bad input found before any byte
+    is written.
+    """
+    t = make_transport(comm)
+    start = time.perf_counter()
+    stats = RankStats(t.rank, socket.gethostname())
+
+    # 1. Strategies: read (and merge) once on rank 0, broadcast as bytes.
+    def load_both() -> bytes:
+        out = []
+        for path in (src_strategy, dst_strategy):
+            out.append(strategy_to_bytes(load_strategy(path)).hex() if path else None)
+        return json.dumps(out).encode()
+
+    payload = _agree(t, load_both) if t.rank == 0 else _agree(t, lambda: b"")
+    payload = t.bcast_bytes(payload if t.rank == 0 else None)
+    src_hex, dst_hex = json.loads(payload.decode())
+    src = strategy_from_bytes(bytes.fromhex(src_hex)) if src_hex else None
+    dst = strategy_from_bytes(bytes.fromhex(dst_hex)) if dst_hex else None
+
+    # 2. Inventories: what each rank sees under src_checkpoint.
+    visible = discover_sources(src_checkpoint)
+    inventories = [json.loads(b) for b in t.allgather_bytes(json.dumps({str(k): v for k, v in visible.items()}).encode())]
+    seers: dict[int, list[int]] = defaultdict(list)
+    for r, inv in enumerate(inventories):
+        for k in inv:
+            seers[int(k)].append(r)
+    if not seers:
+        empty = rank_dirs_without_checkpoint(src_checkpoint)
+        hint = f" ({', '.join(empty)} hold no .ckpt file)" if empty else ""
+        raise JobError(f"no source checkpoint found under {src_checkpoint}{hint}")
+
+    # 3. Metadata of the files MindSpore would load; each indexed by one rank that sees it.
+    def needed_sources() -> set[int]:
+        shape_only = Planner(src, dst, {}, prefix)
+        if shape_only.by_stage:
+            first = src.stage * shape_only.src_stage_devices
+            return set(range(first, first + shape_only.src_stage_devices))
+        need: set[int] = set()
+        for tr in shape_only.target_ranks():
+            need.update(rank_list_for_strategies(tr, src, dst))
+        return need
+
+    needed = _agree(t, needed_sources)
+    to_index = sorted(seers) if any(n not in seers for n in needed) else sorted(n for n in needed if n in seers)
+
+    def index_mine() -> bytes:
+        metas: dict[int, list[TensorMeta]] = {}
+        for i, g in enumerate(to_index):
+            owners = seers[g]
+            if owners[i % len(owners)] != t.rank:
+                continue
+            idx = index_checkpoint(inventories[t.rank][str(g)])
+            metas[g] = [TensorMeta(e.name, e.dtype, tuple(e.shape)) for e in idx.entries]
+        return _metas_to_json(metas)
+
+    mine = _agree(t, index_mine)
+    metas: dict[int, list[TensorMeta]] = {}
+    for blob in t.allgather_bytes(mine):
+        metas.update(_metas_from_json(blob))
+
+    # 4. Plan every target (deterministic, identical on every rank) and check every byte has a reader.
+    def make_plans():
+        planner = Planner(src, dst, metas, prefix)
+        targets = planner.target_ranks()
+        plans = {tr: planner.plan(tr) for tr in targets}
+        missing: dict[int, set[int]] = defaultdict(set)
+        for tr, plan in plans.items():
+            for tensor in plan.tensors:
+                for region in tensor.regions:
+                    if not any(g in seers for g in region.candidates):
+                        for g in region.candidates or ():
+                            missing[g].add(tr)
+        needed_missing = {g: trs for g, trs in missing.items()}
+        for g in needed:
+            if g not in seers and g not in metas:
+                needed_missing.setdefault(g, set())
+        hard = {g: trs for g, trs in needed_missing.items() if trs}
+        if hard:
+            parts = [f"rank_{g} (needed by target rank(s) {sorted(trs)})" for g, trs in sorted(hard.items())]
+            raise MissingShardError(
+                f"source checkpoint(s) visible to no process under {src_checkpoint}: " + "; ".join(parts)
+            )
+        return plans
+
+    plans = _agree(t, make_plans)
+    where = placement(sorted(plans), t.size)
+    stats.targets = sorted(tr for tr, r in where.items() if r == t.rank)
+
+    # 5. Move bytes.
+    def path_of(target: TargetPlan) -> str:
+        return os.path.join(dst_checkpoint, f"rank_{target.rank}", target.filename)
+
+    execute(t, plans, where, seers, visible, metas, path_of, max_buffer, stats)
+    stats.seconds = time.perf_counter() - start
+
+    all_stats = [RankStats(**json.loads(b)) for b in t.allgather_bytes(json.dumps(asdict(stats)).encode())]
+    paths = {tr: os.path.join(os.path.abspath(dst_checkpoint), f"rank_{tr}", plans[tr].filename) for tr in plans}
+    return Summary(os.path.abspath(dst_checkpoint), paths, where, all_stats, time.perf_counter() - start)
+

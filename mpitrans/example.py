@@ -1,0 +1,126 @@
+"""A small, self-contained example job: `python -m mpitrans.example build|check DIR`.
+
+`build` writes a tiny LLaMA-shaped model (bfloat16 weights, float32 Adam states, a step counter) as one
+full checkpoint, plus two strategy files: the training layout (8 ranks: data parallel 2 x model
+parallel 4) and a new layout (4 ranks: data parallel 2 x model parallel 2). The quickstart then shards
+the full model into the 8 training ranks and reshards those to 4 ranks, both with mpitrans under mpirun.
+`check` compares the result with `mindspore.transform_checkpoints` on the same input, byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import sys
+
+import numpy as np
+
+from mpitrans.storage.ckpt import CheckpointWriter
+from mpitrans.strategy.codec import write_strategy
+from mpitrans.strategy.model import RawLayout, StrategyFile
+
+HIDDEN, FFN, VOCAB, LAYERS = 128, 256, 512, 2
+
+
+def _params() -> list[tuple[str, tuple[int, ...], str, str]]:
+    """(name, shape, dtype, kind); kind says how model parallelism splits it."""
+    out = [("model.tok_embeddings.embedding_weight", (VOCAB, HIDDEN), "BFloat16", "row")]
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        out += [
+            (p + "attention.wq.weight", (HIDDEN, HIDDEN), "BFloat16", "row"),
+            (p + "attention.wk.weight", (HIDDEN, HIDDEN), "BFloat16", "row"),
+            (p + "attention.wv.weight", (HIDDEN, HIDDEN), "BFloat16", "row"),
+            (p + "attention.wo.weight", (HIDDEN, HIDDEN), "BFloat16", "col"),
+            (p + "feed_forward.w1.weight", (FFN, HIDDEN), "BFloat16", "row"),
+            (p + "feed_forward.w3.weight", (FFN, HIDDEN), "BFloat16", "row"),
+            (p + "feed_forward.w2.weight", (HIDDEN, FFN), "BFloat16", "col"),
+            (p + "attention_norm.weight", (HIDDEN,), "Float32", "none"),
+        ]
+    out.append(("model.norm_out.weight", (HIDDEN,), "Float32", "none"))
+    out += [(f"adam_m.{n}", s, "Float32", k) for n, s, _, k in list(out)]
+    out += [(f"adam_v.{n}", s, "Float32", k) for n, s, _, k in out if n.startswith("adam_m.")]
+    out = [(n.replace("adam_v.adam_m.", "adam_v."), s, d, k) for n, s, d, k in out]
+    return out
+
+
+def _layout(shape: tuple[int, ...], kind: str, dp: int, mp: int) -> RawLayout:
+    if kind == "row":
+        tmap = (0, -1)
+    elif kind == "col":
+        tmap = (-1, 0)
+    else:
+        tmap = (-1,) * len(shape)
+    return RawLayout(dev_matrix=(dp, mp), tensor_map=(tmap,))
+
+
+def _strategy(dp: int, mp: int) -> StrategyFile:
+    layouts = [(n, _layout(s, k, dp, mp)) for n, s, _, k in _params()]
+    return StrategyFile(layouts=layouts, strategy_items=[("Default/network", 0, ((dp, mp),))], current_stage=0)
+
+
+def _random_bytes(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> bytes:
+    if dtype == "BFloat16":  # upper halves of float32 normals: plausible bfloat16 weights
+        f = (rng.standard_normal(shape, dtype=np.float32) * 0.02).view(np.uint32)
+        return (f >> 16).astype(np.uint16).tobytes()
+    return (rng.standard_normal(shape, dtype=np.float32) * 0.01).tobytes()
+
+
+def build(root: str) -> None:
+    rng = np.random.default_rng(2024)
+    os.makedirs(os.path.join(root, "full"), exist_ok=True)
+    full = os.path.join(root, "full", "model.ckpt")
+    with CheckpointWriter(full) as w:
+        for name, shape, dtype, _ in _params():
+            w.write_tensor(name, dtype, shape, _random_bytes(rng, shape, dtype))
+        w.write_tensor("global_step", "Int32", (1,), np.array([1000], dtype=np.int32).tobytes())
+        w.write_tensor("learning_rate", "Float32", (), np.array(3e-4, dtype=np.float32).tobytes())
+    write_strategy(_strategy(2, 4), os.path.join(root, "src_strategy.ckpt"))
+    write_strategy(_strategy(2, 2), os.path.join(root, "dst_strategy.ckpt"))
+    size = os.path.getsize(full)
+    print(f"example: full model {full} ({size / 2**20:.1f} MiB, {len(_params()) + 2} tensors)")
+    print(f"example: strategies {root}/src_strategy.ckpt (dp2 x mp4, 8 ranks), "
+          f"{root}/dst_strategy.ckpt (dp2 x mp2, 4 ranks)")
+
+
+def check(root: str) -> int:
+    """Compare mpitrans' output with MindSpore's transform of the same source, file by file."""
+    ours = os.path.join(root, "dst")
+    try:
+        import mindspore as ms  # noqa: F401 - the oracle; only the check uses it
+    except ImportError:
+        print("check: mindspore is not installed; install mpitrans[mindspore] to compare with it")
+        return 0
+    ref = os.path.join(root, "mindspore_dst")
+    ms.transform_checkpoints(os.path.join(root, "src"), ref, "checkpoint_",
+                             os.path.join(root, "src_strategy.ckpt"), os.path.join(root, "dst_strategy.ckpt"))
+    bad = []
+    n = 0
+    for dirpath, _, files in os.walk(ref):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), ref)
+            n += 1
+            mine = os.path.join(ours, rel)
+            if not os.path.exists(mine) or not filecmp.cmp(mine, os.path.join(ref, rel), shallow=False):
+                bad.append(rel)
+    if bad or n == 0:
+        print(f"check: MISMATCH with mindspore.transform_checkpoints: {bad or 'no files'}")
+        return 1
+    print(f"check: all {n} target files are byte-identical to mindspore.transform_checkpoints' output")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mpitrans.example", description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=["build", "check"])
+    p.add_argument("dir")
+    args = p.parse_args(argv)
+    if args.action == "build":
+        build(args.dir)
+        return 0
+    return check(args.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Which source ranks MindSpore reads to build one target rank: the set `rank_list_for_transform` reports.
+
+Geometrically a target slice needs only the source shards it overlaps, one replica each. MindSpore's
+transformer asks for more: it replays its graph-mode redistribution (split, permute, concat over device
+axes) and reads every rank of each all-gather group it would form. Its rule, restated:
+
+1. Bring both layouts to the same device count by prefixing a replica axis to the smaller one.
+2. Refine both device matrices to their common factorization, and every tensor dimension to common
+   sub-dimensions ("atoms"), each split by at most one refined device axis.
+3. A refined source axis is *gathered* when the source splits some atom by it and the target does not
+   split that same atom by that same axis.
+4. The target rank needs every device that agrees with it on all axes that are not gathered, reduced
+   modulo the source device count.
+
+mpitrans itself reads far less (see the planner); this module exists so `rank_list_for_transform`
+returns exactly MindSpore's list, and so outputs that depend on which files MindSpore happened to load
+(parameter order, copies of parameters absent from the strategy) come out identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+from mpitrans.errors import LayoutError
+from mpitrans.layout import FlatLayout, rank_coordinate
+
+
+def _suffix_cuts(sizes: Sequence[int]) -> list[int]:
+    """Row-major boundaries of a factorization, as products of the trailing factors."""
+    cuts = [1]
+    for s in reversed(sizes):
+        cuts.append(cuts[-1] * s)
+    return cuts
+
+
+def _refine(cuts_a: Sequence[int], cuts_b: Sequence[int], what: str) -> list[int]:
+    cuts = sorted(set(cuts_a) | set(cuts_b))
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        if hi % lo:
+            raise LayoutError(f"MindSpore cannot align the {what} of the two layouts ({lo} vs {hi})")
+    return cuts
+
+
+class _Axes:
+    """Common refinement of two device matrices of equal size, axes numbered by stride (cut value)."""
+
+    def __init__(self, dev_a: Sequence[int], dev_b: Sequence[int]) -> None:
+        self.cuts = _refine(_suffix_cuts(dev_a), _suffix_cuts(dev_b), "device matrices")
+
+    def split(self, dev_matrix: Sequence[int], axis: int) -> list[tuple[int, int]]:
+        """(size, stride) of the refined axes making up `axis` (counted from the right), slowest first."""
+        lo = prod(dev_matrix[len(dev_matrix) - axis:]) if axis else 1
+        hi = lo * dev_matrix[len(dev_matrix) - 1 - axis]
+        if hi == lo:
+            return []
+        inner = [c for c in self.cuts if lo <= c < hi]
+        return [(nxt // c, c) for c, nxt in zip(reversed(inner), reversed([*inner[1:], hi]), strict=True)]
+
+
+def _atoms(flat: FlatLayout, dev: Sequence[int], axes: _Axes) -> list[list[tuple[int, int]]]:
+    """Per original dimension: (size, axis stride or 0 for unsplit) atoms, most significant first."""
+    out: list[list[tuple[int, int]]] = []
+    pos = 0
+    for g in flat.groups:
+        atoms: list[tuple[int, int]] = []
+        for size, axis in zip(flat.shape[pos:pos + g], flat.tensor_map[pos:pos + g], strict=True):
+            if axis == -1:
+                atoms.append((size, 0))
+                continue
+            parts = axes.split(dev, axis)
+            n = prod(p for p, _ in parts)
+            atoms.extend(parts)
+            atoms.append((size // n, 0))
+        out.append([a for a in atoms if a[0] > 1])
+        pos += g
+    return out
+
+
+def _axis_at(atoms: Sequence[tuple[int, int]], cuts: Sequence[int]) -> dict[int, int]:
+    """Map each refined position (its cut) to the axis stride splitting it (0: unsplit)."""
+    out: dict[int, int] = {}
+    hi = prod(s for s, _ in atoms)
+    for size, stride in atoms:
+        lo = hi // size
+        for c in cuts:
+            if lo <= c < hi:
+                out[c] = stride
+        hi = lo
+    return out
+
+
+def gathered_axes(src: FlatLayout, dst: FlatLayout) -> tuple[list[int], set[int]]:
+    """The common device refinement (strides) and the strides MindSpore all-gathers over."""
+    n = max(src.device_num, dst.device_num)
+    if n % src.device_num or n % dst.device_num:
+        raise LayoutError(f"MindSpore cannot transform between {src.device_num} and {dst.device_num} devices")
+    dev_src = [n // src.device_num, *src.dev_matrix] if n > src.device_num else list(src.dev_matrix)
+    dev_dst = [n // dst.device_num, *dst.dev_matrix] if n > dst.device_num else list(dst.dev_matrix)
+    axes = _Axes(dev_src, dev_dst)
+    gathered: set[int] = set()
+    for a_src, a_dst in zip(_atoms(src, dev_src, axes), _atoms(dst, dev_dst, axes), strict=True):
+        cuts = _refine(_suffix_cuts([s for s, _ in a_src]), _suffix_cuts([s for s, _ in a_dst]), "tensor shapes")
+        at_src, at_dst = _axis_at(a_src, cuts), _axis_at(a_dst, cuts)
+        for c, stride in at_src.items():
+            if stride and at_dst.get(c, 0) != stride:
+                gathered.add(stride)
+    return axes.cuts, gathered
+
+
+def needed_source_ranks(local_rank: int, src: FlatLayout, dst: FlatLayout) -> set[int]:
+    """Source ranks (within one stage) MindSpore loads to build `local_rank` of the target stage."""
+    cuts, gathered = gathered_axes(src, dst)
+    n = cuts[-1]
+    sizes = [hi // lo for lo, hi in zip(cuts, cuts[1:], strict=False)][::-1]
+    strides = list(reversed(cuts[:-1]))
+    me = rank_coordinate(local_rank, sizes) if sizes else []
+    choices: list[list[int]] = []
+    for i, (size, stride) in enumerate(zip(sizes, strides, strict=True)):
+        choices.append([c * stride for c in range(size)] if stride in gathered else [me[i] * stride])
+    ranks = {0}
+    for options in choices:
+        ranks = {r + o for r in ranks for o in options}
+    return {r % src.device_num for r in ranks if r < n}

@@ -1,0 +1,311 @@
+"""The resharding plan: for every target rank, which tensors it holds and where each byte comes from.
+
+The planner is a pure function of the strategies and the source files' metadata (names, dtypes, shapes,
+in file order). It follows MindSpore's `transform_checkpoints` decisions wherever they change the output:
+which parameters a target keeps, their order in the file, which source rank a parameter absent from
+the strategy is copied from, and the `_part` naming of a single-stage source. Where MindSpore has a free
+choice that does not change bytes (which data-parallel replica to read), the plan keeps every candidate
+so the engine can pick the cheapest reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from math import prod
+
+from mpitrans.errors import LayoutError, MissingShardError, StrategyError
+from mpitrans.layout import (
+    Box,
+    box_shape,
+    device_box,
+    flatten_layout,
+    intersect,
+    origin_shape,
+    relative,
+    resolved_opt_shard_size,
+    tensor_strategy,
+)
+from mpitrans.needed_ranks import needed_source_ranks
+from mpitrans.strategy.layout_map import layout_map, pipeline_stage_num, src_dst_layout_maps
+from mpitrans.strategy.model import ParamLayout, StrategyFile
+
+# MindSpore skips these optimizer-state prefixes when deciding whether a source strategy covers only one
+# pipeline stage of the target model.
+_OPTIMIZER_PREFIXES = ("accu_grads", "adam_v", "adam_m")
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What the planner needs to know about one tensor of one source file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of a target tensor that equals a box of any one of several identical source shards."""
+
+    dst_box: Box  # relative to the target tensor
+    src_box: Box  # relative to each candidate's shard (the same for all candidates)
+    candidates: tuple[int, ...]  # global source ranks holding identical bytes, preferred first
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    regions: tuple[Region, ...]
+
+
+@dataclass
+class TargetPlan:
+    rank: int  # global target rank (the `rank_x` directory)
+    filename: str  # file name inside rank_x/
+    tensors: list[OutTensor] = field(default_factory=list)
+
+
+def _local_src_groups(flat, nranks: int, target_box: Box) -> list[tuple[Box, Box, list[int]]]:
+    """Group source local ranks by the box they hold; keep groups overlapping the target box."""
+    groups: dict[Box, list[int]] = {}
+    for r in range(nranks):
+        groups.setdefault(device_box(flat, r), []).append(r)
+    out = []
+    for box, members in groups.items():
+        common = intersect(box, target_box)
+        if common is not None:
+            out.append((box, common, members))
+    return out
+
+
+def _device_count(lmap: Mapping[str, ParamLayout] | None) -> int:
+    if not lmap:
+        return 1
+    first = next(iter(lmap.values()))
+    if not first.dev_matrix:
+        raise StrategyError("a strategy holding only pipeline parallelism (empty device matrix) is not supported")
+    return prod(first.dev_matrix)
+
+
+def _not_in_local_stage(name: str, origin: Mapping | None, current: Mapping | None) -> bool:
+    if origin is None or current is None:
+        return True
+    return name in origin and name not in current
+
+
+class Planner:
+    """Builds target plans; construct once per job, then call `plan(rank)` for the ranks you write."""
+
+    def __init__(
+        self,
+        src: StrategyFile | None,
+        dst: StrategyFile | None,
+        metas: Mapping[int, Sequence[TensorMeta]],
+        prefix: str = "checkpoint_",
+    ) -> None:
+        self.src, self.dst, self.prefix = src, dst, prefix
+        self.metas = {r: list(m) for r, m in metas.items()}
+        self._by_name = {r: {t.name: t for t in m} for r, m in self.metas.items()}
+        self.origin_src = layout_map(src) if src is not None else None
+        self.origin_dst = layout_map(dst) if dst is not None else None
+        self.src_stage_devices = _device_count(self.origin_src)
+        self.dst_stage_devices = _device_count(self.origin_dst)
+        self.src_stages = pipeline_stage_num(src) if src is not None else 1
+        self.dst_stages = pipeline_stage_num(dst) if dst is not None else 1
+        self.by_stage = self._is_single_stage_source()
+
+    # -- which targets exist -------------------------------------------------------------------------
+
+    def _is_single_stage_source(self) -> bool:
+        """MindSpore's rule for a source strategy that covers one pipeline stage of the target model."""
+        if not (self.origin_src and self.origin_dst) or self.src_stages != 1 or self.dst_stages != 1:
+            return False
+        src_keys = {k for k in self.origin_src if not k.startswith(_OPTIMIZER_PREFIXES)}
+        dst_keys = {k for k in self.origin_dst if not k.startswith(_OPTIMIZER_PREFIXES)}
+        return src_keys < dst_keys
+
+    def target_ranks(self) -> list[int]:
+        if self.by_stage:
+            return list(range(self.dst_stage_devices))
+        return list(range(self.dst_stage_devices * self.dst_stages))
+
+    def filename(self, rank: int) -> str:
+        if self.by_stage:
+            return f"{self.prefix}{rank}_part{self.src.stage}.ckpt"
+        return f"{self.prefix}{rank}.ckpt"
+
+    # -- MindSpore's needed-rank list --------------------------------------------------------------
+
+    def rank_list(self, rank: int) -> list[int]:
+        """Exactly `mindspore.rank_list_for_transform(rank, src, dst)` for the strategies given."""
+        return rank_list_for_strategies(rank, self.src, self.dst)
+
+    # -- plan ----------------------------------------------------------------------------------------
+
+    def plan(self, rank: int, load_order: Sequence[int] | None = None) -> TargetPlan:
+        """Plan one target. `load_order` replaces MindSpore's file loading order (highest needed rank
+        first) where the caller chose the files, as `transform_checkpoint_by_rank` does."""
+        if self.by_stage and load_order is None:
+            return self._plan_by_stage(rank)
+        return self._plan_all_stages(rank, load_order)
+
+    def _plan_all_stages(self, rank: int, load_order: Sequence[int] | None) -> TargetPlan:
+        if load_order is not None:
+            needed = list(load_order)
+        else:
+            needed = self.rank_list(rank) if self.src is not None else [0]
+        src_map, dst_map = src_dst_layout_maps(rank, self.src, self.dst)
+        # Parameter order and which file supplies each (name, local rank): MindSpore loads the needed
+        # files from the highest rank down, so the first appearance fixes the order and the lowest rank
+        # holding a name wins.
+        order: list[str] = []
+        seen: set[str] = set()
+        first_shape: dict[str, tuple[int, ...]] = {}
+        chosen: dict[tuple[str, int], int] = {}
+        for g in needed:
+            for meta in self.metas.get(g, ()):
+                if meta.name not in seen:
+                    seen.add(meta.name)
+                    order.append(meta.name)
+                    first_shape[meta.name] = meta.shape
+                chosen[(meta.name, g % self.src_stage_devices)] = g
+        order = [
+            n for n in order
+            if not (_not_in_local_stage(n, self.origin_src, src_map)
+                    and _not_in_local_stage(n, self.origin_dst, dst_map))
+        ]
+        local = rank % self.dst_stage_devices
+        return self._build(rank, local, order, first_shape, chosen, src_map, dst_map)
+
+    def _plan_by_stage(self, rank: int) -> TargetPlan:
+        """One stage's source strategy against the whole target model: MindSpore loads that stage's files
+        in rank order (so the highest rank wins) and writes `{prefix}{rank}_part{stage}.ckpt`."""
+        stage = self.src.stage
+        start = stage * self.src_stage_devices
+        src_map = dict(self.origin_src)
+        dst_map = {k: v for k, v in self.origin_dst.items() if k in src_map}
+        order: list[str] = []
+        first_shape: dict[str, tuple[int, ...]] = {}
+        chosen: dict[tuple[str, int], int] = {}
+        for g in range(start, start + self.src_stage_devices):
+            for meta in self.metas.get(g, ()):
+                if meta.name not in first_shape:
+                    order.append(meta.name)
+                    first_shape[meta.name] = meta.shape
+                chosen[(meta.name, g % self.src_stage_devices)] = g
+        return self._build(rank, rank, order, first_shape, chosen, src_map, dst_map)
+
+    def _candidates(self, name: str, local: int, preferred: int | None) -> tuple[int, ...]:
+        """Global source ranks whose file holds `name` as local rank `local`, MindSpore's choice first."""
+        out = [preferred] if preferred is not None else []
+        for g in sorted(self.metas):
+            if g % self.src_stage_devices == local and g != preferred and name in self._by_name[g]:
+                out.append(g)
+        return tuple(out)
+
+    def _build(self, rank, local, order, first_shape, chosen, src_map, dst_map) -> TargetPlan:
+        plan = TargetPlan(rank, self.filename(rank))
+        deferred: list[str] = []
+        device_num = -1
+        for name in order:
+            if (src_map is not None and name not in src_map) or (dst_map is not None and name not in dst_map):
+                deferred.append(name)
+                continue
+            src_layout = src_map.get(name) if src_map is not None else None
+            dst_layout = dst_map.get(name) if dst_map is not None else None
+            plan.tensors.append(self._transform(name, local, first_shape[name], src_layout, dst_layout, chosen))
+            device_num = prod(src_layout.dev_matrix) if src_layout is not None else 1
+        if device_num < 1:
+            raise StrategyError(
+                "none of the parameters in the source checkpoints appear in the source or destination strategy; "
+                "check that the strategy files belong to this model"
+            )
+        for name in deferred:
+            src_local = local % device_num
+            g = chosen.get((name, src_local))
+            cands = self._candidates(name, src_local, g)
+            if not cands:
+                raise MissingShardError(
+                    f"parameter {name!r} of target rank {rank} is copied from source rank {src_local}, "
+                    f"which has no checkpoint holding it"
+                )
+            meta = self._by_name[cands[0]][name]
+            full = tuple((0, s) for s in meta.shape)
+            plan.tensors.append(OutTensor(name, meta.dtype, meta.shape, (Region(full, full, cands),)))
+        return plan
+
+    def _transform(self, name, local, shard_shape, src_layout, dst_layout, chosen) -> OutTensor:
+        full_shape = origin_shape(shard_shape, src_layout)
+        try:
+            src_flat = flatten_layout(src_layout, full_shape)
+            dst_flat = flatten_layout(dst_layout, full_shape)
+        except LayoutError as exc:
+            raise LayoutError(f"parameter {name!r}: {exc}") from None
+        n_src = src_flat.device_num if src_layout is not None else 1
+        src_local_of_target = local % n_src
+        if (name, src_local_of_target) not in chosen:
+            raise MissingShardError(
+                f"parameter {name!r}: the checkpoint of source rank {src_local_of_target} is missing"
+            )
+        target_box = device_box(dst_flat, local)
+        regions = []
+        for src_box, common, members in _local_src_groups(src_flat, n_src, target_box):
+            cands: list[int] = []
+            for m in members:
+                for g in self._candidates(name, m, chosen.get((name, m))):
+                    if g not in cands:
+                        cands.append(g)
+            if not cands:
+                raise MissingShardError(
+                    f"parameter {name!r}: no source checkpoint holds the shard of source rank(s) {members}"
+                )
+            regions.append(Region(relative(common, target_box), relative(common, src_box), tuple(cands)))
+        dtype = self._by_name[chosen[(name, src_local_of_target)]][name].dtype
+        return OutTensor(name, dtype, box_shape(target_box), tuple(regions))
+
+
+def rank_list_for_strategies(rank: int, src: StrategyFile | None, dst: StrategyFile | None) -> list[int]:
+    """MindSpore's `rank_list_for_transform` on parsed strategies: same members, same (descending) order."""
+    if src is None:
+        return [0]
+    src_map, dst_map = src_dst_layout_maps(rank, src, dst)
+    if not src_map:
+        raise StrategyError(f"the source strategy {src.source or ''} is empty".replace("  ", " "))
+    src_devices = _device_count(src_map)
+    dst_devices = _device_count(dst_map) if dst_map is not None else 1
+    local = rank % dst_devices if dst_devices > 1 else rank
+    needed_local: set[int] = set()
+    handled = set()
+    for name, layout in src_map.items():
+        if dst_map is not None and name not in dst_map:
+            continue
+        to = dst_map.get(name) if dst_map is not None else None
+        key = (layout.dev_matrix, layout.tensor_map, layout.opt_shard_step, layout.opt_shard_size,
+               None if to is None else (to.dev_matrix, to.tensor_map, to.opt_shard_step, to.opt_shard_size))
+        if key in handled:
+            continue
+        handled.add(key)
+        n_from = prod(layout.dev_matrix)
+        n_to = prod(to.dev_matrix) if to is not None else 1
+        ndim = len(layout.tensor_map)
+        # Like MindSpore, use a made-up shape that every split divides: membership depends only on axes.
+        probe = [max(n_from, n_to)] * ndim
+        split = tensor_strategy(layout.dev_matrix, layout.tensor_map)
+        opt = resolved_opt_shard_size(layout)
+        shape = [p * split[i] * (opt if i == 0 and opt > 0 else 1) for i, p in enumerate(probe)]
+        try:
+            src_flat = flatten_layout(layout, shape)
+            dst_flat = flatten_layout(to, shape)
+            needed_local |= needed_source_ranks(local, src_flat, dst_flat)
+        except LayoutError as exc:
+            raise LayoutError(f"parameter {name!r}: {exc}") from None
+    stages: list[int] = []
+    for layout in src_map.values():
+        for s in layout.stages:
+            if s not in stages:
+                stages.append(s)
+    out = {s * src_devices + r for s in stages for r in needed_local}
+    return sorted(out, reverse=True)

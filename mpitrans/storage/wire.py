@@ -1,0 +1,140 @@
+"""Just enough of the protobuf wire format to read and write MindSpore checkpoint records.
+
+We do not use the ``protobuf`` package: its parser needs the whole message in memory and refuses messages over
+2 GiB, while checkpoint shards routinely exceed that. Reading only needs varints and tags; writing only needs
+the headers that precede a payload whose bytes we stream ourselves.
+
+Every decoder takes an explicit ``end`` bound and raises :class:`WireError` instead of reading past it, so a
+hostile length can never make the caller allocate or seek beyond the data it actually has.
+"""
+
+from __future__ import annotations
+
+VARINT = 0
+FIXED64 = 1
+LENGTH_DELIMITED = 2
+START_GROUP = 3
+END_GROUP = 4
+FIXED32 = 5
+
+MAX_VARINT_BYTES = 10
+_UINT64_LIMIT = 1 << 64
+
+
+class WireError(ValueError):
+    """Malformed protobuf bytes; ``offset`` is where decoding stopped, relative to the buffer given."""
+
+    def __init__(self, reason: str, offset: int) -> None:
+        super().__init__(f"{reason} at byte {offset}")
+        self.reason = reason
+        self.offset = offset
+
+
+def encode_varint(value: int) -> bytes:
+    """Encode an unsigned 64-bit value; negative int64 values use their two's complement, as protobuf does."""
+    if not -(1 << 63) <= value < _UINT64_LIMIT:
+        raise ValueError(f"varint out of 64-bit range: {value}")
+    if value < 0:
+        value += _UINT64_LIMIT
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def varint_size(value: int) -> int:
+    """Length of ``encode_varint(value)`` without building it, for sizing headers up front."""
+    if value < 0:
+        return MAX_VARINT_BYTES
+    size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+def decode_varint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+    """Decode the varint at ``pos``; return ``(value, next_pos)``.
+
+    Refuses varints that run past ``end``, exceed ten bytes, or overflow 64 bits, so a stream of 0xFF bytes
+    cannot make us loop or build an unbounded integer.
+    """
+    end = min(end, len(buf))
+    result = 0
+    shift = 0
+    start = pos
+    while True:
+        if pos >= end:
+            raise WireError("truncated varint", start)
+        if pos - start >= MAX_VARINT_BYTES:
+            raise WireError("varint longer than 10 bytes", start)
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    if result >= _UINT64_LIMIT:
+        raise WireError("varint overflows 64 bits", start)
+    return result, pos
+
+
+def to_int64(value: int) -> int:
+    """Reinterpret a decoded varint as the signed int64 that protobuf ``int64`` fields carry."""
+    return value - _UINT64_LIMIT if value >= 1 << 63 else value
+
+
+def encode_tag(field: int, wire_type: int) -> bytes:
+    """The key that precedes every field: field number and wire type packed into one varint."""
+    if field < 1 or not 0 <= wire_type <= 5:
+        raise ValueError(f"bad field {field} / wire type {wire_type}")
+    return encode_varint((field << 3) | wire_type)
+
+
+def decode_tag(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int, int]:
+    """Decode a field key; return ``(field, wire_type, next_pos)``. Field number 0 is never valid."""
+    key, nxt = decode_varint(buf, pos, end)
+    field, wire_type = key >> 3, key & 7
+    if field == 0:
+        raise WireError("field number 0", pos)
+    if wire_type > 5:
+        raise WireError(f"invalid wire type {wire_type}", pos)
+    return field, wire_type, nxt
+
+
+def encode_varint_field(field: int, value: int) -> bytes:
+    """A complete varint-typed field (key and value)."""
+    return encode_tag(field, VARINT) + encode_varint(value)
+
+
+def encode_length_prefix(field: int, length: int) -> bytes:
+    """Key and length of a length-delimited field whose ``length`` payload bytes the caller writes next.
+
+    Splitting the header from the payload is what lets a writer stream a payload it never holds whole.
+    """
+    if length < 0:
+        raise ValueError(f"negative length {length}")
+    return encode_tag(field, LENGTH_DELIMITED) + encode_varint(length)
+
+
+def length_field_size(field: int, length: int) -> int:
+    """Total encoded size of a length-delimited field with a ``length``-byte payload."""
+    return varint_size((field << 3) | LENGTH_DELIMITED) + varint_size(length) + length
+
+
+def encode_bytes_field(field: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """A complete length-delimited field, for the small payloads (names, type strings) kept in memory."""
+    return encode_length_prefix(field, len(payload)) + bytes(payload)
+
+
+def read_length(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+    """Decode a length prefix and check that many bytes remain before ``end``; return ``(length, next_pos)``.
+
+    Checking here, once, means no caller can act on a length that the data cannot back.
+    """
+    length, nxt = decode_varint(buf, pos, end)
+    if length > end - nxt:
+        raise WireError(f"length {length} exceeds the {end - nxt} bytes remaining", pos)
+    return length, nxt

@@ -1,0 +1,140 @@
+"""Moving bytes between processes: a deliberately tiny interface over MPI.
+
+The engine needs only a handful of operations: agree on small metadata (broadcast, all-gather of byte
+strings), exchange planned buffers point to point, and end the whole job at once. Everything travels as
+raw buffers through mpi4py's uppercase methods, never as pickled objects, and large messages are cut
+below MPI's 2 GiB element-count limit. `LocalTransport` implements the same interface for a single
+process so the library works (and is tested) without any MPI launch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+# Open MPI counts are C ints; stay well below 2**31 elements per message.
+MAX_MESSAGE = 1 << 30
+
+
+class Transport(Protocol):
+    rank: int
+    size: int
+
+    def bcast_bytes(self, data: bytes | None, root: int = 0) -> bytes: ...
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]: ...
+
+    def exchange(self, sends: Sequence[tuple[int, memoryview]], recvs: Sequence[tuple[int, memoryview]]) -> None: ...
+
+    def barrier(self) -> None: ...
+
+    def abort(self, code: int = 1) -> None: ...
+
+
+class LocalTransport:
+    """A job of one process: collectives are identities and no peer exists to exchange with."""
+
+    rank = 0
+    size = 1
+
+    def bcast_bytes(self, data: bytes | None, root: int = 0) -> bytes:
+        assert data is not None
+        return bytes(data)
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        return [bytes(data)]
+
+    def exchange(self, sends, recvs) -> None:
+        if sends or recvs:
+            raise RuntimeError("a one-process job has no peers to exchange with")
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int = 1) -> None:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _pieces(buf: memoryview) -> list[memoryview]:
+    return [buf[i:i + MAX_MESSAGE] for i in range(0, len(buf), MAX_MESSAGE)] or [buf]
+
+
+class MPITransport:
+    """Transport over an mpi4py communicator (a duplicate, so our tags never meet the caller's)."""
+
+    def __init__(self, comm) -> None:
+        self.comm = comm.Dup()
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self._tag = 0
+
+    def bcast_bytes(self, data: bytes | None, root: int = 0) -> bytes:
+        from mpi4py import MPI
+
+        n = np.array([len(data) if self.rank == root else 0], dtype=np.int64)
+        self.comm.Bcast([n, MPI.INT64_T], root=root)
+        buf = bytearray(data) if self.rank == root else bytearray(int(n[0]))
+        for piece in _pieces(memoryview(buf)):
+            self.comm.Bcast([piece, MPI.BYTE], root=root)
+        return bytes(buf)
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        from mpi4py import MPI
+
+        sizes = np.zeros(self.size, dtype=np.int64)
+        self.comm.Allgather([np.array([len(data)], dtype=np.int64), MPI.INT64_T], [sizes, MPI.INT64_T])
+        if int(sizes.sum()) < MAX_MESSAGE:
+            out = bytearray(int(sizes.sum()))
+            displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            self.comm.Allgatherv([bytes(data), MPI.BYTE], [out, (sizes.tolist(), displs.tolist()), MPI.BYTE])
+            return [bytes(out[d:d + s]) for d, s in zip(displs.tolist(), sizes.tolist(), strict=True)]
+        return [self.bcast_bytes(data if r == self.rank else None, root=r) for r in range(self.size)]
+
+    def exchange(self, sends, recvs) -> None:
+        """Post every receive and send of one round, then wait for all: no ordering can deadlock."""
+        from mpi4py import MPI
+
+        self._tag = (self._tag + 1) % 30000
+        base = self._tag * 16
+        requests = []
+        for peer, buf in recvs:
+            for i, piece in enumerate(_pieces(buf)):
+                requests.append(self.comm.Irecv([piece, MPI.BYTE], source=peer, tag=base % 32000 + i))
+        for peer, buf in sends:
+            for i, piece in enumerate(_pieces(buf)):
+                requests.append(self.comm.Isend([piece, MPI.BYTE], dest=peer, tag=base % 32000 + i))
+        MPI.Request.Waitall(requests)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        self.comm.Abort(code)
+
+
+def launched_by_mpi() -> bool:
+    """True when an MPI launcher started this process (so COMM_WORLD may hold peers)."""
+    keys = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS")
+    return any(k in os.environ for k in keys)
+
+
+def make_transport(comm=None) -> Transport:
+    """`comm` may be an mpi4py communicator, a Transport, or None (COMM_WORLD under mpirun, else local)."""
+    if comm is None:
+        if not launched_by_mpi():
+            return LocalTransport()
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    if hasattr(comm, "exchange") and hasattr(comm, "allgather_bytes"):
+        return comm
+    if comm.Get_size() == 1:
+        return LocalTransport()
+    return MPITransport(comm)

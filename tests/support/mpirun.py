@@ -1,0 +1,37 @@
+"""Launching real `mpirun` jobs from tests (as root, oversubscribed, loopback only, with a time limit)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+MPIRUN = VENV_BIN / "mpirun"
+HOST_WRAPPER = Path(__file__).with_name("host_wrapper.sh")
+
+
+def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "OMPI_MCA_btl_tcp_if_include": "lo",
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        "GLOG_v": "3",
+    })
+    env.update(extra or {})
+    return env
+
+
+def mpirun(n: int, args: Sequence[str], *, mca: Sequence[str] = (), wrapper: Sequence[str] = (),
+           env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `python -m mpitrans ARGS` on `n` processes; the result carries stdout/stderr as text."""
+    cmd = [str(MPIRUN), "-n", str(n), "--oversubscribe"]
+    for i in range(0, len(mca), 2):
+        cmd += ["--mca", mca[i], mca[i + 1]]
+    cmd += [*wrapper, sys.executable, "-m", "mpitrans", *args]
+    return subprocess.run(cmd, env=mpi_env(env), capture_output=True, text=True, timeout=timeout, cwd=REPO)
