@@ -192,9 +192,13 @@ class _DiskWriter(threading.Thread):
         self.path_of = path_of
         self.itemsize = itemsize
         self.queue: queue.Queue = queue.Queue(maxsize=2)
+        # Chunk buffers come back here once written, so the next rounds reuse them instead of paying
+        # for fresh zeroed allocations; at most three exist (one filling, two queued).
+        self.free: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.bytes_written = 0
         self.paths: dict[int, str] = {}
+        self.chunk_hint = 0
 
     def run(self) -> None:
         current: CheckpointWriter | None = None
@@ -220,6 +224,8 @@ class _DiskWriter(threading.Thread):
                     n = (seg.stop - seg.start) * self.itemsize(tensor.dtype)
                     current.write(view[seg.chunk_offset:seg.chunk_offset + n])
                     self.bytes_written += n
+                del view
+                self.free.put(buf)
             if current is not None:
                 current.close()
                 current = None
@@ -240,6 +246,18 @@ class _DiskWriter(threading.Thread):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.paths[target.rank] = path
         return CheckpointWriter(path)
+
+
+def _take_buffer(writer: _DiskWriter, nbytes: int) -> memoryview:
+    """A chunk buffer of exactly `nbytes` (a view of a recycled, possibly larger one)."""
+    try:
+        buf = writer.free.get_nowait()
+    except queue.Empty:
+        buf = None
+    if buf is None or len(buf.obj if isinstance(buf, memoryview) else buf) < nbytes:
+        buf = bytearray(max(nbytes, writer.chunk_hint))
+    base = buf.obj if isinstance(buf, memoryview) else buf
+    return memoryview(base)[:nbytes]
 
 
 def _run_rounds(
@@ -289,7 +307,7 @@ def _run_rounds(
         if not chunks:
             break
         own = chunks.get(me)
-        buf = bytearray(own.nbytes) if own is not None else None
+        buf = _take_buffer(writer, own.nbytes) if own is not None else None
         recvs, incoming = [], []
         if own is not None:
             by_reader: dict[int, list[Piece]] = defaultdict(list)
@@ -359,6 +377,8 @@ def execute(
     chunk_bytes = max(1 << 20, min(max_buffer // (3 + min(fanout, 8)), 512 << 20))
     mine_targets = [plans[tr] for tr in sorted(plans) if where[tr] == t.rank]
     writer = _DiskWriter(mine_targets, path_of, itemsize_of) if mine_targets else None
+    if writer is not None:
+        writer.chunk_hint = chunk_bytes
     files = _SourceFiles(visible, metas)
     if writer is not None:
         writer.start()
