@@ -26,6 +26,7 @@ examples:
 subcommands:
   merge-strategy   merge per-stage strategy files into one (like mindspore.merge_pipeline_strategys)
   rank-list        print the source ranks a target rank needs (like mindspore.rank_list_for_transform)
+  rank-table       generate / merge / show HCCL rank tables and derive MPI hostfiles from them
 """
 
 
@@ -54,6 +55,15 @@ def _transform_parser() -> argparse.ArgumentParser:
                    help="destination strategy file or per-stage directory; omit for one full checkpoint")
     p.add_argument("--prefix", default="checkpoint_",
                    help="output file name prefix (default: checkpoint_, giving checkpoint_x.ckpt)")
+    p.add_argument("--rank-table", "--rank_table", "--rank_table_file", dest="rank_table", metavar="FILE",
+                   help="HCCL rank table of the destination cluster: target rank x is written by a process "
+                   "running on the server that holds rank x (MPITRANS_SERVER_ID overrides a host's identity)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace target files that already exist (default: refuse, before moving any byte)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of these options with MindFormers key names (src_checkpoint, "
+                   "src_strategy_path_or_dir, dst_checkpoint, dst_strategy, prefix, ...); command-line flags "
+                   "win; ./mpitrans.yaml is read when present and no flags are given")
     p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default="256M", metavar="SIZE",
                    help="bytes of chunk buffers each process may hold (e.g. 256M, 1G; default 256M)")
     p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE",
@@ -99,17 +109,30 @@ def format_summary(summary) -> str:
     return "\n".join(lines)
 
 
+def _world_rank() -> int:
+    return int(os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or 0)
+
+
 def _run_transform(argv: Sequence[str]) -> int:
+    from mpitrans.config import apply_config
+    from mpitrans.errors import MpitransError
+
+    try:
+        argv = apply_config(list(argv))  # before parsing: the required flags may come from the file
+    except MpitransError as exc:
+        if _world_rank() == 0:
+            print(f"mpitrans: error: {exc}", file=sys.stderr)
+        return 2
     args = _transform_parser().parse_args(argv)
     from mpitrans.engine import JobError, transform
-    from mpitrans.errors import MpitransError
     from mpitrans.transport import make_transport
 
     t = make_transport(None)
     _setup_logging(t.rank, args.log_level, args.quiet)
     try:
         summary = transform(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
-                            prefix=args.prefix, comm=t, max_buffer=parse_size(args.max_buffer))
+                            prefix=args.prefix, comm=t, max_buffer=parse_size(args.max_buffer),
+                            rank_table=args.rank_table, overwrite=args.overwrite)
     except JobError as exc:  # every rank holds the same message: report once, exit cleanly
         if t.rank == 0:
             print(f"mpitrans: error: {exc}", file=sys.stderr)
@@ -170,7 +193,13 @@ def _run_rank_list(argv: Sequence[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list}
+def _run_rank_table(argv: Sequence[str]) -> int:
+    from mpitrans.rank_table import main as rank_table_main
+
+    return rank_table_main(list(argv))
+
+
+SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-table": _run_rank_table}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

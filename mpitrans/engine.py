@@ -98,6 +98,21 @@ def _agree(t: Transport, fn: Callable[[], object]) -> object:
     return result
 
 
+def check_prefix(prefix: str) -> None:
+    """Output names are `{prefix}{rank}.ckpt` inside rank_x/: a prefix must not leave that directory."""
+    if not isinstance(prefix, str) or "/" in prefix or "\\" in prefix or ".." in prefix or "\0" in prefix:
+        raise MpitransError(f"unsafe --prefix {prefix!r}: it may not contain path separators or '..'")
+
+
+def _rank_table_placement(t: Transport, path: str) -> Callable[[Sequence[int], int], dict[int, int]]:
+    """Rank 0 reads the HCCL rank table; every rank learns which server it runs on."""
+    from mpitrans import rank_table as rtab
+
+    blob = _agree(t, lambda: json.dumps(rtab.load(path).to_json()).encode() if t.rank == 0 else b"")
+    table = rtab.from_json(json.loads(t.bcast_bytes(blob if t.rank == 0 else None)), path)
+    return rtab.job_placement(table, t.allgather_bytes)
+
+
 def _metas_to_json(metas: dict[int, list[TensorMeta]]) -> bytes:
     return json.dumps({str(r): [[m.name, m.dtype, list(m.shape)] for m in ms] for r, ms in metas.items()}).encode()
 
@@ -403,7 +418,9 @@ def transform(
     prefix: str = "checkpoint_",
     comm=None,
     max_buffer: int = DEFAULT_MAX_BUFFER,
-    placement: Callable[[Sequence[int], int], dict[int, int]] = round_robin_placement,
+    placement: Callable[[Sequence[int], int], dict[int, int]] | None = None,
+    rank_table: str | None = None,
+    overwrite: bool = True,
 ) -> Summary:
     """Reshard `src_checkpoint` into `dst_checkpoint/rank_x/{prefix}x.ckpt`; collective over `comm`.
 
@@ -414,6 +431,9 @@ def transform(
     t = make_transport(comm)
     start = time.perf_counter()
     stats = RankStats(t.rank, socket.gethostname())
+    _agree(t, lambda: check_prefix(prefix))
+    if placement is None:
+        placement = _rank_table_placement(t, rank_table) if rank_table else round_robin_placement
 
     # 1. Strategies: read (and merge) once on rank 0, broadcast as bytes.
     def load_both() -> bytes:
@@ -494,13 +514,24 @@ def transform(
         return plans
 
     plans = _agree(t, make_plans)
-    where = placement(sorted(plans), t.size)
-    stats.targets = sorted(tr for tr, r in where.items() if r == t.rank)
+    where = _agree(t, lambda: placement(sorted(plans), t.size))
 
-    # 5. Move bytes.
     def path_of(target: TargetPlan) -> str:
         return os.path.join(dst_checkpoint, f"rank_{target.rank}", target.filename)
 
+    def check_outputs() -> None:
+        if overwrite:
+            return
+        for tr, r in where.items():
+            if r == t.rank and os.path.exists(path_of(plans[tr])):
+                raise MpitransError(
+                    f"{path_of(plans[tr])} already exists; pass --overwrite to replace it"
+                )
+
+    _agree(t, check_outputs)
+    stats.targets = sorted(tr for tr, r in where.items() if r == t.rank)
+
+    # 5. Move bytes.
     execute(t, plans, where, seers, visible, metas, path_of, max_buffer, stats)
     stats.seconds = time.perf_counter() - start
 

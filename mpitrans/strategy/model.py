@@ -25,6 +25,27 @@ class RawLayout:
     field: int = 0
     opt_weight_shard_step: int = 0
     opt_weight_shard_size: int = 0
+    # MindSpore always writes exactly one DevMatrix, ParamSplitShape and IndicesOffset message per layout,
+    # and the three fields above hold that message. A file with none or several of them is still possible
+    # on the wire; MindSpore then uses the first one or fails when the layout is used. To judge and rewrite
+    # such a file the same way, these keep the complete message lists; None means "exactly one message".
+    all_dev_matrices: tuple[tuple[int, ...], ...] | None = None
+    all_param_split_shapes: tuple[tuple[int, ...], ...] | None = None
+    all_indices_offsets: tuple[tuple[int, ...], ...] | None = None
+
+    def dev_matrix_messages(self) -> tuple[tuple[int, ...], ...]:
+        """Every DevMatrix message, in file order (normally just `(dev_matrix,)`)."""
+        return (self.dev_matrix,) if self.all_dev_matrices is None else self.all_dev_matrices
+
+    def param_split_shape_messages(self) -> tuple[tuple[int, ...], ...]:
+        """Every ParamSplitShape message, in file order (normally just `(param_split_shape,)`)."""
+        if self.all_param_split_shapes is None:
+            return (self.param_split_shape,)
+        return self.all_param_split_shapes
+
+    def indices_offset_messages(self) -> tuple[tuple[int, ...], ...]:
+        """Every IndicesOffset message, in file order (normally just `(indices_offset,)`)."""
+        return (self.indices_offset,) if self.all_indices_offsets is None else self.all_indices_offsets
 
 
 @dataclass
