@@ -91,10 +91,12 @@ def _agree(t: Transport, fn: Callable[[], object]) -> object:
     except OSError as exc:
         err = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
     errors = t.allgather_bytes(err.encode())
-    for r, msg in enumerate(errors):
-        if msg:
-            prefix = f"rank {r}: " if t.size > 1 else ""
-            raise JobError(prefix + msg.decode())
+    failed = [(r, msg) for r, msg in enumerate(errors) if msg]
+    if failed:
+        r, msg = failed[0]
+        same_everywhere = len(failed) == t.size and all(m == msg for _, m in failed)
+        prefix = f"rank {r}: " if t.size > 1 and not same_everywhere else ""
+        raise JobError(prefix + msg.decode())
     return result
 
 
@@ -493,7 +495,14 @@ def transform(
     def make_plans():
         planner = Planner(src, dst, metas, prefix)
         targets = planner.target_ranks()
-        plans = {tr: planner.plan(tr) for tr in targets}
+        plans = {}
+        for tr in targets:
+            try:
+                plans[tr] = planner.plan(tr)
+            except MissingShardError as exc:
+                absent = sorted(g for g in needed if g not in seers)
+                hint = f"; not visible to any process: {', '.join(f'rank_{g}' for g in absent)}" if absent else ""
+                raise MissingShardError(f"target rank {tr}: {exc}{hint}") from None
         missing: dict[int, set[int]] = defaultdict(set)
         for tr, plan in plans.items():
             for tensor in plan.tensors:

@@ -227,12 +227,14 @@ class Planner:
             src_local = local % device_num
             g = chosen.get((name, src_local))
             cands = self._candidates(name, src_local, g)
+            holders = [r for r in sorted(self._by_name) if name in self._by_name[r]]
             if not cands:
-                raise MissingShardError(
-                    f"parameter {name!r} of target rank {rank} is copied from source rank {src_local}, "
-                    f"which has no checkpoint holding it"
-                )
-            meta = self._by_name[cands[0]][name]
+                # MindSpore copies it from source rank `src_local`, whose file nobody indexed: name that
+                # file (the engine reports it as missing), taking dtype and shape from another copy.
+                cands = (src_local,)
+            if not holders:
+                raise MissingShardError(f"parameter {name!r} of target rank {rank}: no source checkpoint holds it")
+            meta = self._by_name[cands[0] if cands[0] in self._by_name else holders[0]][name]
             full = tuple((0, s) for s in meta.shape)
             plan.tensors.append(OutTensor(name, meta.dtype, meta.shape, (Region(full, full, cands),)))
         return plan
@@ -245,25 +247,28 @@ class Planner:
         except LayoutError as exc:
             raise LayoutError(f"parameter {name!r}: {exc}") from None
         n_src = src_flat.device_num if src_layout is not None else 1
-        src_local_of_target = local % n_src
-        if (name, src_local_of_target) not in chosen:
-            raise MissingShardError(
-                f"parameter {name!r}: the checkpoint of source rank {src_local_of_target} is missing"
-            )
+        stages = src_layout.stages if src_layout is not None else (0,)
         target_box = device_box(dst_flat, local)
         regions = []
+        dtype = None
         for src_box, common, members in _local_src_groups(src_flat, n_src, target_box):
             cands: list[int] = []
             for m in members:
                 for g in self._candidates(name, m, chosen.get((name, m))):
                     if g not in cands:
                         cands.append(g)
-            if not cands:
-                raise MissingShardError(
-                    f"parameter {name!r}: no source checkpoint holds the shard of source rank(s) {members}"
-                )
+            if cands:
+                dtype = dtype or self._by_name[cands[0]][name].dtype
+            else:
+                # Nobody indexed a file holding this shard: name the files that should, so the job can
+                # report every missing `rank_x` before moving any byte.
+                cands = sorted({s * self.src_stage_devices + m for m in members for s in stages})
             regions.append(Region(relative(common, target_box), relative(common, src_box), tuple(cands)))
-        dtype = self._by_name[chosen[(name, src_local_of_target)]][name].dtype
+        if dtype is None:
+            raise MissingShardError(
+                f"parameter {name!r}: no source checkpoint holding it was found "
+                f"(source ranks {sorted({g for r in regions for g in r.candidates})})"
+            )
         return OutTensor(name, dtype, box_shape(target_box), tuple(regions))
 
 

@@ -379,9 +379,9 @@ def encode_strategy(strategy: StrategyFile) -> bytes:
 
 
 def _json_int(v: object, bounds: tuple[int, int], what: str, source: str) -> int:
-    # MindSpore copies JSON values into protobuf fields, which take anything with __index__ (bool included)
-    # and refuse floats, strings and null; out-of-range values are refused too.
-    if not isinstance(v, int) or not bounds[0] <= v <= bounds[1]:
+    # MindSpore copies JSON values into protobuf integer fields, which refuse booleans, floats, strings,
+    # null and out-of-range values; we refuse the same ones.
+    if isinstance(v, bool) or not isinstance(v, int) or not bounds[0] <= v <= bounds[1]:
         raise StrategyError(f"strategy file {source}: {what} must be an integer in "
                             f"[{bounds[0]}, {bounds[1]}], got {v!r}")
     return int(v)

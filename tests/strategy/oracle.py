@@ -14,6 +14,7 @@ from mindspore.parallel import _parallel_serialization as ps  # noqa: E402
 from mindspore.train import node_strategy_pb2 as pb  # noqa: E402
 
 from mpitrans.strategy.model import ParamLayout, StrategyFile  # noqa: E402
+from tests.support.strategies import fill_layout, strategy_message  # noqa: E402
 
 __all__ = ["pb", "ps", "ms_content", "our_content", "ms_map", "our_map", "random_spec", "random_message",
            "random_params"]
@@ -32,7 +33,8 @@ def ms_content(msg: pb.ParallelStrategyMap) -> tuple:
             tuple(tuple(m.dim) for m in lay.indices_offset),
             lay.field, lay.opt_weight_shard_step, lay.opt_weight_shard_size,
         ))
-    items = [(i.node_name, i.parallel_strategys.stage, tuple(tuple(s.dim) for s in i.parallel_strategys.parallel_strategy))
+    items = [(i.node_name, i.parallel_strategys.stage,
+              tuple(tuple(s.dim) for s in i.parallel_strategys.parallel_strategy))
              for i in msg.parallel_strategy_item]
     return msg.current_stage, items, layouts
 
@@ -40,7 +42,8 @@ def ms_content(msg: pb.ParallelStrategyMap) -> tuple:
 def our_content(s: StrategyFile) -> tuple:
     """The same view of one of our StrategyFiles."""
     layouts = [(name, lay.dev_matrix_messages(), lay.tensor_map, lay.param_split_shape_messages(),
-                lay.indices_offset_messages(), lay.field, lay.opt_weight_shard_step, lay.opt_weight_shard_size)
+                lay.indices_offset_messages(), lay.field, lay.opt_weight_shard_step,
+                lay.opt_weight_shard_size)
                for name, lay in s.layouts]
     return s.current_stage, list(s.strategy_items), layouts
 
@@ -54,8 +57,9 @@ def ms_map(train_map: dict) -> list[tuple[str, ParamLayout]]:
     out = []
     for name, v in train_map.items():
         dev, tmap, pss, field, step, size, stages = v
-        out.append((name, ParamLayout(tuple(int(d) for d in dev), _tupled(tmap), tuple(pss), field, step, size,
-                                      tuple(stages))))
+        layout = ParamLayout(tuple(int(d) for d in dev), _tupled(tmap), tuple(pss), field, step, size,
+                             tuple(stages))
+        out.append((name, layout))
     return out
 
 
@@ -102,15 +106,14 @@ def random_message(rng: random.Random, stages: int = 1, odd: bool = False) -> pb
     """A random strategy message; with several stages, names carry "{stage}-" prefixes and some
     parameters appear in several stages, in a shuffled order. `odd` adds wire-legal shapes MindSpore never
     writes (missing or repeated DevMatrix/ParamSplitShape messages, duplicate names)."""
-    from tests.support.strategies import strategy_message
-
     msg = strategy_message({}, stage=0, current_stage=rng.choice([0, 1, 3]),
                            strategy_items=[("net/op0", rng.randrange(max(stages, 1)), [[2, 4], [4]])])
     names = [f"layer{i}.w" for i in range(rng.randint(1, 8))]
     entries = []
     for name in names:
         if stages > 1:
-            where = rng.sample(range(stages), rng.choice([1, 1, 1, 2, 2, 3]) if stages >= 3 else rng.choice([1, 2]))
+            count = rng.choice([1, 1, 1, 2, 2, 3]) if stages >= 3 else rng.choice([1, 2])
+            where = rng.sample(range(stages), count)
             for s in where:
                 entries.append((f"{s}-{name}", random_spec(rng)))
         else:
@@ -118,12 +121,10 @@ def random_message(rng: random.Random, stages: int = 1, odd: bool = False) -> pb
     rng.shuffle(entries)
     if odd and entries and rng.random() < 0.5:
         entries.append((rng.choice(entries)[0], random_spec(rng)))
-    from tests.support.strategies import _fill_layout
-
     for name, spec in entries:
         item = msg.parallel_layout_item.add()
         item.param_name = name
-        _fill_layout(item.parallel_layouts, spec)
+        fill_layout(item.parallel_layouts, spec)
         if odd:
             lay = item.parallel_layouts
             r = rng.random()

@@ -41,7 +41,8 @@ def tensor_map_messages(tensor_map: Sequence) -> list[list[int]]:
     return per_dim
 
 
-def _fill_layout(layout: pb.ParallelLayouts, spec: Mapping) -> None:
+def fill_layout(layout: pb.ParallelLayouts, spec: Mapping) -> None:
+    """Fill one `ParallelLayouts` message from a parameter spec, as MindSpore's writer would."""
     layout.dev_matrix.add().dim.extend(spec["dev_matrix"])
     messages = spec.get("raw_tensor_maps")
     if messages is None:
@@ -76,7 +77,7 @@ def strategy_message(
     for name, spec in params.items():
         item = msg.parallel_layout_item.add()
         item.param_name = name
-        _fill_layout(item.parallel_layouts, spec)
+        fill_layout(item.parallel_layouts, spec)
     return msg
 
 
