@@ -1,3 +1,31 @@
-"""mpitrans: reshard MindSpore distributed checkpoints with MPI."""
+"""mpitrans: reshard MindSpore distributed checkpoints with MPI, byte-identical to MindSpore.
+
+Importing this package is cheap: it never imports mindspore, and mpi4py only when a job starts.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "merge_pipeline_strategys",
+    "rank_list_for_transform",
+    "transform",
+    "transform_checkpoint_by_rank",
+    "transform_checkpoints",
+]
+
+
+def __getattr__(name: str):
+    # Lazy, so `python -m mpitrans --help` and `import mpitrans` stay fast.
+    if name == "transform":
+        from mpitrans.engine import transform
+
+        return transform
+    if name in ("transform_checkpoints", "transform_checkpoint_by_rank", "rank_list_for_transform",
+                "merge_pipeline_strategys"):
+        from mpitrans import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mpitrans' has no attribute {name!r}")

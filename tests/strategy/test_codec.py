@@ -448,16 +448,7 @@ def test_bytes_round_trip_for_broadcast(seed):
     s = decode_strategy(random_message(rng, stages=rng.choice([1, 4]), odd=True).SerializeToString(),
                         source=f"/data/stratégie/{seed}.ckpt")
     back = strategy_from_bytes(strategy_to_bytes(s))
-    assert back == s
-    assert layout_map(back, rank_id=None).keys() == layout_map(s).keys() if _usable(s) else True
-
-
-def _usable(s: StrategyFile) -> bool:
-    try:
-        layout_map(s)
-    except StrategyError:
-        return False
-    return True
+    assert back == s and back.source == s.source
 
 
 def test_bad_broadcast_payloads():
