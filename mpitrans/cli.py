@@ -60,6 +60,9 @@ def _transform_parser() -> argparse.ArgumentParser:
                    "running on the server that holds rank x (MPITRANS_SERVER_ID overrides a host's identity)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace target files that already exist (default: refuse, before moving any byte)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep targets that an earlier run of the same job completed (checked against "
+                   "DIR/mpitrans_manifest.json: size and CRC-32C) and redo the rest")
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of these options with MindFormers key names (src_checkpoint, "
                    "src_strategy_path_or_dir, dst_checkpoint, dst_strategy, prefix, ...); command-line flags "
@@ -132,7 +135,8 @@ def _run_transform(argv: Sequence[str]) -> int:
     try:
         summary = transform(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
                             prefix=args.prefix, comm=t, max_buffer=parse_size(args.max_buffer),
-                            rank_table=args.rank_table, overwrite=args.overwrite)
+                            rank_table=args.rank_table, overwrite=args.overwrite,
+                            resume=args.resume)
     except JobError as exc:  # every rank holds the same message: report once, exit cleanly
         if t.rank == 0:
             print(f"mpitrans: error: {exc}", file=sys.stderr)

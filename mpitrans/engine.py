@@ -9,11 +9,14 @@ its own chunk, and hands it to a background thread that streams it to disk.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -23,6 +26,7 @@ from math import prod
 
 import numpy as np
 
+from mpitrans import manifest
 from mpitrans.errors import MissingShardError, MpitransError
 from mpitrans.layout import box_shape
 from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta, rank_list_for_strategies
@@ -98,6 +102,23 @@ def _agree(t: Transport, fn: Callable[[], object]) -> object:
         prefix = f"rank {r}: " if t.size > 1 and not same_everywhere else ""
         raise JobError(prefix + msg.decode())
     return result
+
+
+FAULT_STAGES = ("after-plan", "mid-transfer", "mid-write")
+
+
+def fault_point(stage: str, rank: int) -> None:
+    """Test hook: `MPITRANS_FAULT=RANK:STAGE` kills that rank (SIGKILL) when it reaches STAGE."""
+    spec = os.environ.get("MPITRANS_FAULT")
+    if not spec:
+        return
+    want_rank, _, want_stage = spec.partition(":")
+    if want_stage == stage and want_rank.strip() == str(rank):
+        import signal
+
+        sys.stderr.write(f"[mpitrans r{rank}] MPITRANS_FAULT: killing this rank at {stage}\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_prefix(prefix: str) -> None:
@@ -216,6 +237,9 @@ class _DiskWriter(threading.Thread):
         self.bytes_written = 0
         self.paths: dict[int, str] = {}
         self.chunk_hint = 0
+        self.rank = 0
+        self.results: dict[int, tuple[str, int, int]] = {}  # target -> (path, size, crc32c)
+        self.on_done: Callable[[int, int, int], None] | None = None
 
     def run(self) -> None:
         current: CheckpointWriter | None = None
@@ -231,7 +255,7 @@ class _DiskWriter(threading.Thread):
                 for seg in chunk.segments:
                     if seg.target_index != current_index:
                         if current is not None:
-                            current.close()
+                            self._finish(current_index, current)
                         current = self._open(seg.target_index)
                         current_index = seg.target_index
                         opened.add(current_index)
@@ -241,14 +265,15 @@ class _DiskWriter(threading.Thread):
                     n = (seg.stop - seg.start) * self.itemsize(tensor.dtype)
                     current.write(view[seg.chunk_offset:seg.chunk_offset + n])
                     self.bytes_written += n
+                    fault_point("mid-write", self.rank)
                 del view
                 self.free.put(buf)
             if current is not None:
-                current.close()
+                self._finish(current_index, current)
                 current = None
             for i, _ in enumerate(self.targets):
                 if i not in opened:  # a target with no tensors still gets its (empty) file
-                    self._open(i).close()
+                    self._finish(i, self._open(i))
         except BaseException as exc:  # reported by the main thread
             self.error = exc
             if current is not None:
@@ -262,7 +287,14 @@ class _DiskWriter(threading.Thread):
         path = self.path_of(target)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.paths[target.rank] = path
-        return CheckpointWriter(path)
+        return CheckpointWriter(path, checksum=True)
+
+    def _finish(self, index: int, writer: CheckpointWriter) -> None:
+        writer.close()
+        target = self.targets[index].rank
+        self.results[target] = (writer.path, writer.size, writer.checksum or 0)
+        if self.on_done is not None:
+            self.on_done(target, writer.size, writer.checksum or 0)
 
 
 def _take_buffer(writer: _DiskWriter, nbytes: int) -> memoryview:
@@ -363,6 +395,7 @@ def _run_rounds(
                     _Assembler.scatter(buf, p, memoryview(tmp))
         if sends or recvs:
             t.exchange(sends, recvs)
+        fault_point("mid-transfer", me)
         for staging, ps in incoming:
             view = memoryview(staging)
             pos = 0
@@ -388,14 +421,23 @@ def execute(
     path_of: Callable[[TargetPlan], str],
     max_buffer: int,
     stats: RankStats,
-) -> None:
-    """Move the planned bytes: collective over `t`; any failure here must abort the job (peers wait)."""
+    on_done: Callable[[int, int, int], None] | None = None,
+) -> dict[int, tuple[str, int, int]]:
+    """Move the planned bytes: collective over `t`; any failure here must abort the job (peers wait).
+    Returns what this rank wrote: target -> (path, size, CRC-32C)."""
     fanout = max(1, t.size - 1)
     chunk_bytes = max(1 << 20, min(max_buffer // (3 + min(fanout, 8)), 512 << 20))
     mine_targets = [plans[tr] for tr in sorted(plans) if where[tr] == t.rank]
     writer = _DiskWriter(mine_targets, path_of, itemsize_of) if mine_targets else None
     if writer is not None:
         writer.chunk_hint = chunk_bytes
+        writer.rank = t.rank
+        writer.on_done = on_done
+        for target in mine_targets:  # leftovers of a killed run: temp files never become final names
+            folder, name = os.path.split(path_of(target))
+            for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.tmp-*")):
+                with contextlib.suppress(OSError):
+                    os.unlink(stale)
     files = _SourceFiles(visible, metas)
     if writer is not None:
         writer.start()
@@ -410,6 +452,7 @@ def execute(
         raise writer.error
     stats.bytes_read = files.bytes_read
     stats.bytes_written = writer.bytes_written if writer is not None else 0
+    return writer.results if writer is not None else {}
 
 
 def transform(
@@ -423,6 +466,7 @@ def transform(
     placement: Callable[[Sequence[int], int], dict[int, int]] | None = None,
     rank_table: str | None = None,
     overwrite: bool = True,
+    resume: bool = False,
 ) -> Summary:
     """Reshard `src_checkpoint` into `dst_checkpoint/rank_x/{prefix}x.ckpt`; collective over `comm`.
 
@@ -447,12 +491,19 @@ def transform(
     payload = _agree(t, load_both) if t.rank == 0 else _agree(t, lambda: b"")
     payload = t.bcast_bytes(payload if t.rank == 0 else None)
     src_hex, dst_hex = json.loads(payload.decode())
+    src_bytes = bytes.fromhex(src_hex) if src_hex else None
+    dst_bytes = bytes.fromhex(dst_hex) if dst_hex else None
     src = strategy_from_bytes(bytes.fromhex(src_hex)) if src_hex else None
     dst = strategy_from_bytes(bytes.fromhex(dst_hex)) if dst_hex else None
 
     # 2. Inventories: what each rank sees under src_checkpoint.
     visible = discover_sources(src_checkpoint)
-    inventories = [json.loads(b) for b in t.allgather_bytes(json.dumps({str(k): v for k, v in visible.items()}).encode())]
+    listing = {str(k): [v, os.path.getsize(v)] for k, v in visible.items()}
+    inventories, sizes = [], {}
+    for blob in t.allgather_bytes(json.dumps(listing).encode()):
+        inv = json.loads(blob)
+        inventories.append({k: v[0] for k, v in inv.items()})
+        sizes.update({int(k): v[1] for k, v in inv.items()})
     seers: dict[int, list[int]] = defaultdict(list)
     for r, inv in enumerate(inventories):
         for k in inv:
@@ -528,21 +579,62 @@ def transform(
     def path_of(target: TargetPlan) -> str:
         return os.path.join(dst_checkpoint, f"rank_{target.rank}", target.filename)
 
+    sources = {g: (os.path.basename(inventories[seers[g][0]][str(g)]), sizes.get(g, -1)) for g in sorted(seers)}
+    identity = manifest.job_identity(src_bytes, dst_bytes, prefix, sources)
+    relpath = {tr: os.path.join(f"rank_{tr}", plans[tr].filename) for tr in plans}
+
+    def keep_finished() -> dict[int, dict]:
+        """With --resume: this rank's targets that an earlier run of the same job completed."""
+        if not resume:
+            return {}
+        old = manifest.read(dst_checkpoint)
+        out = {}
+        for tr, r in where.items():
+            if r != t.rank:
+                continue
+            entry = manifest.reusable(dst_checkpoint, old, identity, tr, relpath[tr])
+            entry = entry or manifest.reusable_progress(dst_checkpoint, identity, tr, relpath[tr])
+            if entry:
+                out[tr] = entry
+        return out
+
+    kept_here = _agree(t, keep_finished)
+    kept = sorted({int(k) for b in t.allgather_bytes(json.dumps(kept_here).encode()) for k in json.loads(b)})
+
+
     def check_outputs() -> None:
-        if overwrite:
+        if overwrite or resume:
             return
         for tr, r in where.items():
             if r == t.rank and os.path.exists(path_of(plans[tr])):
                 raise MpitransError(
-                    f"{path_of(plans[tr])} already exists; pass --overwrite to replace it"
+                    f"{path_of(plans[tr])} already exists; pass --overwrite to replace it (or --resume)"
                 )
 
     _agree(t, check_outputs)
+    fault_point("after-plan", t.rank)
     stats.targets = sorted(tr for tr, r in where.items() if r == t.rank)
 
     # 5. Move bytes.
-    execute(t, plans, where, seers, visible, metas, path_of, max_buffer, stats)
+    todo = {tr: p for tr, p in plans.items() if tr not in kept}
+
+    def progress(target: int, size: int, crc: int) -> None:
+        manifest.record_progress(dst_checkpoint, identity, target,
+                                 {"path": relpath[target], "size": size, "crc32c": crc})
+
+    written = execute(t, todo, where, seers, visible, metas, path_of, max_buffer, stats, progress)
     stats.seconds = time.perf_counter() - start
+
+    # 6. Manifest, written last: every rank that owns targets writes the same document (atomically), so
+    # each host's output directory gets one even without a shared disk.
+    mine = {tr: {"path": relpath[tr], "size": size, "crc32c": crc} for tr, (_, size, crc) in written.items()}
+    mine.update({int(k): v for k, v in kept_here.items()})
+    files_all: dict[int, dict] = {}
+    for blob in t.allgather_bytes(json.dumps(mine).encode()):
+        files_all.update({int(k): v for k, v in json.loads(blob).items()})
+    if any(r == t.rank for r in where.values()) or t.rank == 0:
+        manifest.write(dst_checkpoint, manifest.build(identity, files_all))
+        manifest.clear_progress(dst_checkpoint, [tr for tr, r in where.items() if r == t.rank])
 
     all_stats = [RankStats(**json.loads(b)) for b in t.allgather_bytes(json.dumps(asdict(stats)).encode())]
     paths = {tr: os.path.join(os.path.abspath(dst_checkpoint), f"rank_{tr}", plans[tr].filename) for tr in plans}

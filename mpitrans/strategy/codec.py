@@ -134,12 +134,21 @@ def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int
     groups are never fields of this schema, so they are skipped here and never yielded.
     """
     while pos < end:
-        start = pos
-        tag, pos = _read_varint(buf, pos, end)
+        tag = buf[pos]
+        if tag < 0x80:  # one-byte tag, the only kind this schema's fields use
+            pos += 1
+        else:
+            start = pos
+            tag, pos = _read_varint(buf, pos, end)
+            if pos - start != _varint_len(tag):
+                tag = -1 - tag  # marks a padded tag; handled below
+        padded = tag < 0
+        if padded:
+            tag = -1 - tag
         num, wt = tag >> 3, tag & 7
         if num == 0:
             raise _Malformed("field number 0")
-        if pos - start != _varint_len(tag):
+        if padded:
             # A padded (non-minimal) tag. MindSpore's protobuf runtime recognises fields by their exact
             # tag bytes, so it keeps such a field as unknown; we skip it to read the same content.
             pos = _skip_group(buf, pos, end, num) if wt == _START_GROUP else _skip_value(buf, pos, end, wt)
@@ -148,7 +157,11 @@ def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int
             value, pos = _read_varint(buf, pos, end)
             yield num, wt, value, pos
         elif wt == _LEN:
-            n, pos = _read_varint(buf, pos, end)
+            if pos < end and buf[pos] < 0x80:
+                n = buf[pos]
+                pos += 1
+            else:
+                n, pos = _read_varint(buf, pos, end)
             if n > end - pos:
                 raise _Malformed("length-delimited field runs past the end of its message")
             yield num, wt, pos, pos + n
@@ -164,6 +177,11 @@ def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int
 def _repeated_dims(buf: bytes, pos: int, end: int, convert) -> tuple[int, ...]:
     """Field 1 of DevMatrix/TensorMap/...: a repeated varint scalar, packed or not (both are legal)."""
     out: list[int] = []
+    # Fast path for what MindSpore writes: unpacked elements, each a 0x08 tag and a one-byte value (every
+    # conversion leaves 0..127 unchanged). Anything else goes to the general loop from where it starts.
+    while pos + 1 < end and buf[pos] == 0x08 and buf[pos + 1] < 0x80:
+        out.append(buf[pos + 1])
+        pos += 2
     for num, wt, a, b in _fields(buf, pos, end):
         if num != 1:
             continue
@@ -343,6 +361,13 @@ def _dims(values: Sequence[int], bounds: tuple[int, int], what: str) -> bytes:
     return b"".join(b"\x08" + _varint(_check(v, bounds, what)) for v in values)
 
 
+def _text(value: str, what: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StrategyError(f"{what} {value!r} cannot be stored in a strategy file (not valid UTF-8)") from None
+
+
 def _len_field(tag: int, payload: bytes) -> bytes:
     return bytes((tag,)) + _varint(len(payload)) + payload
 
@@ -366,9 +391,9 @@ def encode_strategy(strategy: StrategyFile) -> bytes:
     for node, stage, dims in strategy.strategy_items:
         inner = b"\x08" + _varint(_check(stage, _U32, "stage"))
         inner += b"".join(_len_field(0x12, _dims(d, _U32, "parallel_strategy")) for d in dims)
-        parts.append(_len_field(0x12, _len_field(0x0A, node.encode("utf-8")) + _len_field(0x12, inner)))
+        parts.append(_len_field(0x12, _len_field(0x0A, _text(node, "node name")) + _len_field(0x12, inner)))
     for name, layout in strategy.layouts:
-        item = _len_field(0x0A, name.encode("utf-8")) + _len_field(0x12, _encode_layout(layout))
+        item = _len_field(0x0A, _text(name, "parameter name")) + _len_field(0x12, _encode_layout(layout))
         parts.append(_len_field(0x1A, item))
     return b"".join(parts)
 

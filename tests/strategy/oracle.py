@@ -11,13 +11,14 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 from mindspore.parallel import _parallel_serialization as ps  # noqa: E402
+from mindspore.parallel.checkpoint_transform import merge_pipeline_strategys as ms_merge  # noqa: E402
 from mindspore.train import node_strategy_pb2 as pb  # noqa: E402
 
 from mpitrans.strategy.model import ParamLayout, StrategyFile  # noqa: E402
 from tests.support.strategies import fill_layout, strategy_message  # noqa: E402
 
-__all__ = ["pb", "ps", "ms_content", "our_content", "ms_map", "our_map", "random_spec", "random_message",
-           "random_params"]
+__all__ = ["pb", "ps", "ms_merge", "ms_content", "our_content", "ms_map", "our_map", "random_spec",
+           "random_message", "random_params"]
 
 
 def ms_content(msg: pb.ParallelStrategyMap) -> tuple:

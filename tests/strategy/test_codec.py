@@ -27,7 +27,16 @@ from mpitrans.strategy.codec import (
 )
 from mpitrans.strategy.layout_map import layout_map
 from mpitrans.strategy.model import RawLayout, StrategyFile
-from tests.strategy.oracle import ms_content, ms_map, our_content, our_map, pb, ps, random_message, random_params
+from tests.strategy.oracle import (
+    ms_content,
+    ms_map,
+    our_content,
+    our_map,
+    pb,
+    ps,
+    random_message,
+    random_params,
+)
 from tests.support.strategies import strategy_message, write_strategy_file
 
 CLASSIC = {
@@ -70,7 +79,7 @@ def compare_with_mindspore(data: bytes) -> None:
     assert our_content(got) == expected, data.hex()
 
 
-# --- small wire-format builders for hand-made encodings -----------------------------------------------------
+# --- small wire-format builders for hand-made encodings ---------------------------------------------------
 
 
 def varint(v: int) -> bytes:
@@ -121,7 +130,7 @@ def map_msg(layouts: list[tuple[str, bytes]], items: bytes = b"", top_extra: byt
     return out + top_extra
 
 
-# --- reading MindSpore's bytes --------------------------------------------------------------------------------
+# --- reading MindSpore's bytes ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("params", [CLASSIC, MULTI_AXIS], ids=["classic", "multi-axis"])
@@ -244,7 +253,7 @@ def test_every_truncation_is_refused_or_read_like_mindspore(tmp_path):
 
 def test_invalid_utf8_name_is_refused():
     data = map_msg([("w", layouts_msg(unpacked([2]), [b""]))]).replace(b"\x0a\x01w", b"\x0a\x01\xff")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - any MindSpore failure will do
         ms_parse(data)
     with pytest.raises(StrategyError, match="UTF-8"):
         decode_strategy(data)
@@ -281,7 +290,7 @@ def test_fuzz_mutated_valid_file(edits):
     compare_with_mindspore(bytes(data))
 
 
-# --- file-level errors ----------------------------------------------------------------------------------------
+# --- file-level errors ------------------------------------------------------------------------------------
 
 
 def test_missing_empty_directory_and_garbage_files(tmp_path):
@@ -314,7 +323,7 @@ def test_format_follows_the_name_like_mindspore(tmp_path):
         read_strategy(tmp_path / "s.json")
 
 
-# --- JSON ------------------------------------------------------------------------------------------------------
+# --- JSON -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -328,7 +337,7 @@ def test_json_files_read_like_mindspore(tmp_path, seed):
     assert ours.stage == seed % 3
     expected = ps._build_searched_strategy(path)
     assert [n for n, _ in ours.layouts] == list(expected)
-    for (name, lay), msg in zip(ours.layouts, expected.values(), strict=True):
+    for (_name, lay), msg in zip(ours.layouts, expected.values(), strict=True):
         assert lay.tensor_map == tuple(tuple(m.dim) for m in msg.tensor_map)
         assert lay.param_split_shape_messages() == tuple(tuple(m.dim) for m in msg.param_split_shape)
         assert lay.indices_offset_messages() == tuple(tuple(m.dim) for m in msg.indices_offset)
@@ -379,7 +388,7 @@ NOT_A_STRATEGY = {
 def test_bad_json_is_refused_like_mindspore(tmp_path, case):
     path = tmp_path / f"{case}.json"
     path.write_bytes(BAD_JSON[case])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - any MindSpore failure will do
         ps._convert_to_list(ps._build_searched_strategy(str(path)))
     with pytest.raises(StrategyError, match=f"{case}.json"):
         read_strategy(path)
@@ -418,7 +427,7 @@ def test_write_json_refuses_multi_axis_without_leaving_a_file(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
-# --- writing and broadcasting ----------------------------------------------------------------------------------
+# --- writing and broadcasting -----------------------------------------------------------------------------
 
 
 def test_written_protobuf_equals_mindspore_serialization(tmp_path):
@@ -437,7 +446,9 @@ def test_written_protobuf_equals_mindspore_serialization(tmp_path):
 
 
 def test_values_outside_the_field_types_are_refused():
-    for bad in (RawLayout((-1,), ((0,),)), RawLayout((2,), ((1 << 31,),)), RawLayout((2,), ((0,),), field=1.5)):
+    bad_layouts = (RawLayout((-1,), ((0,),)), RawLayout((2,), ((1 << 31,),)),
+                   RawLayout((2,), ((0,),), field=1.5))
+    for bad in bad_layouts:
         with pytest.raises(StrategyError):
             encode_strategy(StrategyFile(layouts=[("w", bad)]))
 

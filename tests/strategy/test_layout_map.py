@@ -28,7 +28,8 @@ def same_outcome(ms_call, our_call):
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # numpy's divide-by-zero for a 0 in a device matrix
+            # numpy's divide-by-zero warning for a 0 in a device matrix
+            warnings.simplefilter("ignore", RuntimeWarning)
             expected = ms_call()
     except Exception:
         with pytest.raises(StrategyError):
@@ -76,7 +77,8 @@ def test_random_pipeline_stage_num_and_device_num(tmp_path, seed):
     r = same_outcome(lambda: ps._extract_pipeline_stage_num(path), lambda: pipeline_stage_num(ours))
     if r is not None:
         assert r[0] == r[1]
-    r = same_outcome(lambda: ps._get_device_num_from_strategy(path), lambda: stage_device_num(layout_map(ours)))
+    r = same_outcome(lambda: ps._get_device_num_from_strategy(path),
+                     lambda: stage_device_num(layout_map(ours)))
     if r is not None:
         assert r[0] == r[1]
 
@@ -146,7 +148,8 @@ def test_shared_parameter_choice(tmp_path):
 
 @pytest.mark.parametrize("name", ["a-b-c", "x-w", " 1-w", "+1-w", "1_0-w", "-w", "1-", "٣-w", "w"])
 def test_stage_prefix_parsing(tmp_path, name):
-    params = {name: {"dev_matrix": (2,), "tensor_map": (0,)}, "1-w": {"dev_matrix": (2,), "tensor_map": (-1,)}}
+    params = {name: {"dev_matrix": (2,), "tensor_map": (0,)},
+              "1-w": {"dev_matrix": (2,), "tensor_map": (-1,)}}
     path, ours = files(tmp_path, strategy_message(params))
     for rank in (None, 0, 3):
         check_layout_map(path, ours, rank)

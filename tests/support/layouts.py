@@ -1,0 +1,539 @@
+"""Compact, hashable descriptions of resharding test cases, and a seeded generator of valid ones.
+
+A `Case` is everything needed to reproduce one `mindspore.transform_checkpoints` run: the parameters of
+the model (`ParamSpec`), the source and target layouts (`LayoutSpec`, or None for "full", i.e. no
+strategy file), the content seed and a few switches. `tests.support.oracle` turns a Case into files and
+MindSpore's expected output; this module never imports mindspore, so generating and hashing cases is
+instant and works in any process.
+
+Layouts follow the rules MindSpore's own strategy writer follows (see `opt_shard_fields`), and
+`random_case` only generates what MindSpore 2.10's transformer accepts (see the oracle's docstring for
+what it rejects), so a failure of mpitrans against a random case is a real difference, never a bad case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from math import prod
+
+TensorMapEntry = int | tuple[int, ...]
+
+# Every dtype MindSpore 2.10 saves, loads and transforms losslessly (checked by the oracle self-check).
+DTYPES = ("float32", "float16", "bfloat16", "int32", "int8", "int64", "float64", "bool", "uint8")
+
+# Names real training runs save without any strategy entry; MindSpore copies them unchanged from one
+# source rank (which one is part of what the oracle pins down).
+EXTRA_NAMES = ("global_step", "learning_rate", "loss_scale", "current_iterator_step", "epoch_num")
+
+# Prefixes of optimizer-state copies of a parameter; their layout is the parameter's.
+STATE_PREFIXES = ("adam_m.", "adam_v.", "accu_grads.")
+
+
+def base_name(name: str) -> str:
+    """The parameter an optimizer state belongs to (`adam_m.w` -> `w`); other names unchanged."""
+    for p in STATE_PREFIXES:
+        if name.startswith(p):
+            return name[len(p):]
+    return name
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One tensor of the checkpoint: name, full (unsharded) shape and dtype name (see DTYPES)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {self.dtype!r}")
+        if "-" in self.name:
+            # MindSpore splits strategy names on "-" to find the pipeline stage and crashes otherwise.
+            raise ValueError(f"parameter names must not contain '-': {self.name!r}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        size = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int8": 1, "int64": 8, "float64": 8,
+                "bool": 1, "uint8": 1}[self.dtype]
+        return size * prod(self.shape)
+
+
+def _axis_size(dev_matrix: Sequence[int], axis: int) -> int:
+    return dev_matrix[len(dev_matrix) - 1 - axis]
+
+
+def tensor_strategy(dev_matrix: Sequence[int], tensor_map: Sequence[TensorMapEntry]) -> tuple[int, ...]:
+    """Slices per tensor dimension (MindSpore's `_get_tensor_strategy`)."""
+    out = []
+    for e in tensor_map:
+        axes = e if isinstance(e, tuple) else (e,)
+        out.append(prod(_axis_size(dev_matrix, a) for a in axes if a != -1))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """One parameter's strategy entry: device matrix, tensor map (ints, or tuples of device axes for a
+    dimension split over several axes, as the `Layout` API writes), and optimizer sharding fields exactly
+    as stored (`opt_shard_size` -1 means "all replicas")."""
+
+    dev_matrix: tuple[int, ...]
+    tensor_map: tuple[TensorMapEntry, ...]
+    opt_shard_step: int = 0
+    opt_shard_size: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dev_matrix", tuple(int(d) for d in self.dev_matrix))
+        object.__setattr__(self, "tensor_map", tuple(tuple(int(a) for a in e) if isinstance(e, (tuple, list))
+                                                     else int(e) for e in self.tensor_map))
+
+    @property
+    def device_num(self) -> int:
+        return prod(self.dev_matrix)
+
+    @property
+    def multi_axis(self) -> bool:
+        return any(isinstance(e, tuple) for e in self.tensor_map)
+
+    @property
+    def strategy(self) -> tuple[int, ...]:
+        return tensor_strategy(self.dev_matrix, self.tensor_map)
+
+    def used_axes(self) -> list[int]:
+        out: list[int] = []
+        for e in self.tensor_map:
+            out.extend(a for a in (e if isinstance(e, tuple) else (e,)) if a != -1)
+        return out
+
+    def replica_count(self) -> int:
+        return self.device_num // prod(self.strategy)
+
+    def resolved_opt_size(self) -> int:
+        """`-1` resolved the way MindSpore's `_extract_layout_item` does."""
+        return self.replica_count() if self.opt_shard_size == -1 else self.opt_shard_size
+
+    def check(self, shape: Sequence[int]) -> None:
+        """Raise ValueError unless this layout can split a tensor of `shape` (what training guarantees)."""
+        if len(self.tensor_map) != len(shape):
+            raise ValueError(f"tensor map {self.tensor_map} does not match shape {tuple(shape)}")
+        used = self.used_axes()
+        if len(used) != len(set(used)) or any(a < 0 or a >= len(self.dev_matrix) for a in used):
+            raise ValueError(f"bad tensor map {self.tensor_map} for device matrix {self.dev_matrix}")
+        for d, s in zip(shape, self.strategy, strict=True):
+            if d % s:
+                raise ValueError(f"dimension {d} not divisible by {s} ({self})")
+        if self.opt_shard_size:
+            k = self.resolved_opt_size()
+            if not shape or k < 1 or self.replica_count() % k or (shape[0] // self.strategy[0]) % k:
+                raise ValueError(f"optimizer sharding {self.opt_shard_size} does not fit {tuple(shape)} ({self})")
+
+    def to_strategy_spec(self) -> dict:
+        """The dict `tests.support.strategies.write_strategy_file` takes."""
+        return {"dev_matrix": list(self.dev_matrix), "tensor_map": list(self.tensor_map),
+                "opt_shard_step": self.opt_shard_step, "opt_shard_size": self.opt_shard_size}
+
+
+def opt_shard_fields(dev_matrix: Sequence[int], tensor_map: Sequence[TensorMapEntry], shape: Sequence[int],
+                     size: int = -1) -> tuple[int, int]:
+    """(opt_weight_shard_step, opt_weight_shard_size) as MindSpore's training writes them, or (0, 0).
+
+    MindSpore (`OperatorInfo::CreateGroupForOptShard`) shards a weight over its replica group, the ranks
+    that differ only on device axes the tensor map leaves unused; it stores the user's
+    `optimizer_weight_shard_size` (-1 = whole group) and the mean rank stride of the group,
+    ``(last - first) // (len - 1)``. A weight whose group has one rank, or whose first dimension does not
+    divide, is not sharded and stores zeros.
+    """
+    layout = ParamLayout(tuple(dev_matrix), tuple(tensor_map))
+    used = {len(dev_matrix) - 1 - a for a in layout.used_axes()}
+    free = [i for i, v in enumerate(dev_matrix) if i not in used and v > 1]
+    group = 1
+    for i in free:
+        group *= dev_matrix[i]
+    if group == 1 or not shape:
+        return 0, 0
+    k = group if size == -1 else size
+    if k < 2 or group % k or (shape[0] // layout.strategy[0]) % k:
+        return 0, 0
+    strides = [prod(dev_matrix[i + 1:]) for i in free]
+    members = [0]
+    for i, st in zip(free, strides, strict=True):
+        members = [m + c * st for m in members for c in range(dev_matrix[i])]
+    step = (max(members) - min(members)) // (len(members) - 1)
+    return step, size
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """One side's strategy: per pipeline stage, the (name, layout) entries in file order.
+
+    One stage means an ordinary strategy file; several mean per-stage files (stage s holding ranks
+    ``s * n .. s * n + n - 1``) plus the merged file `mindspore.merge_pipeline_strategys` makes. A name
+    may appear in several stages (a shared embedding), possibly with different layouts.
+    """
+
+    stages: tuple[tuple[tuple[str, ParamLayout], ...], ...]
+
+    def __post_init__(self) -> None:
+        stages = tuple(tuple((str(n), lay) for n, lay in st) for st in self.stages)
+        object.__setattr__(self, "stages", stages)
+        if not stages or any(not st for st in stages):
+            raise ValueError("every stage needs at least one parameter")
+        counts = {lay.device_num for st in stages for _, lay in st}
+        if len(counts) != 1:
+            raise ValueError(f"all layouts of a strategy must cover the same device count, got {counts}")
+
+    @classmethod
+    def single(cls, layouts: Mapping[str, ParamLayout] | Iterable[tuple[str, ParamLayout]]) -> LayoutSpec:
+        items = layouts.items() if isinstance(layouts, Mapping) else layouts
+        return cls((tuple(items),))
+
+    @classmethod
+    def pipeline(cls, stages: Sequence[Mapping[str, ParamLayout]]) -> LayoutSpec:
+        return cls(tuple(tuple(st.items()) for st in stages))
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def stage_device_num(self) -> int:
+        return self.stages[0][0][1].device_num
+
+    @property
+    def device_num(self) -> int:
+        return self.stage_device_num * self.num_stages
+
+    def names(self) -> set[str]:
+        return {n for st in self.stages for n, _ in st}
+
+    def stage_layouts(self, stage: int) -> dict[str, ParamLayout]:
+        return dict(self.stages[stage])
+
+    def check(self, params: Iterable[ParamSpec]) -> None:
+        shapes = {p.name: p.shape for p in params}
+        for st in self.stages:
+            for name, lay in st:
+                if name not in shapes:
+                    raise ValueError(f"strategy names unknown parameter {name!r}")
+                lay.check(shapes[name])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One oracle run: full checkpoint content, both layouts, and switches.
+
+    - `src`/`dst` None: the side has no strategy file (full, unsharded checkpoint on rank 0).
+    - `src_stage`: give MindSpore only stage `src_stage`'s own strategy file as the source (not the merged
+      one); with a full-model target that selects its `_transform_checkpoint_by_stage` path and the
+      ``checkpoint_{r}_part{stage}.ckpt`` outputs.
+    - `distinct_extras`: in every source shard, parameters absent from the source strategy get a value
+      that depends on the source rank, so the test sees which rank MindSpore copied them from.
+    - `fmt`: "pb" or "json" strategy files (JSON cannot hold multi-axis tensor maps).
+    """
+
+    params: tuple[ParamSpec, ...]
+    src: LayoutSpec | None
+    dst: LayoutSpec | None
+    seed: int = 0
+    src_stage: int | None = None
+    distinct_extras: bool = False
+    fmt: str = "pb"
+    label: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(self.params))
+        names = [p.name for p in self.params]
+        if len(names) != len(set(names)):
+            raise ValueError("duplicate parameter names")
+        for side in (self.src, self.dst):
+            if side is not None:
+                side.check(self.params)
+        if self.src_stage is not None and (self.src is None or not 0 <= self.src_stage < self.src.num_stages):
+            raise ValueError("src_stage needs a pipeline source with that stage")
+        if self.fmt not in ("pb", "json"):
+            raise ValueError(f"unknown strategy format {self.fmt!r}")
+
+    def to_json(self) -> dict:
+        """Canonical plain-data form (also the cache key's input; `label` is not part of it)."""
+
+        def side(s: LayoutSpec | None) -> list | None:
+            if s is None:
+                return None
+            return [[[n, list(lay.dev_matrix), [list(e) if isinstance(e, tuple) else e for e in lay.tensor_map],
+                      lay.opt_shard_step, lay.opt_shard_size] for n, lay in st] for st in s.stages]
+
+        return {"params": [[p.name, list(p.shape), p.dtype] for p in self.params], "src": side(self.src),
+                "dst": side(self.dst), "seed": self.seed, "src_stage": self.src_stage,
+                "distinct_extras": self.distinct_extras, "fmt": self.fmt}
+
+    @classmethod
+    def from_json(cls, d: Mapping, label: str = "") -> Case:
+        def side(s: list | None) -> LayoutSpec | None:
+            if s is None:
+                return None
+            return LayoutSpec(tuple(tuple((n, ParamLayout(tuple(dm), tuple(tuple(e) if isinstance(e, list) else e
+                                                                             for e in tm), step, size))
+                                          for n, dm, tm, step, size in st) for st in s))
+
+        return cls(tuple(ParamSpec(n, tuple(sh), dt) for n, sh, dt in d["params"]), side(d["src"]),
+                   side(d["dst"]), d["seed"], d["src_stage"], d["distinct_extras"], d["fmt"], label)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+    def strategy_names(self) -> set[str]:
+        out: set[str] = set()
+        for s in (self.src, self.dst):
+            if s is not None:
+                out |= s.names()
+        return out
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.nbytes for p in self.params)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builders for common layouts.
+
+
+def model_params(names_shapes: Sequence[tuple[str, Sequence[int]]], dtype: str = "float32",
+                 adam: bool = False, extras: Sequence[str] = ()) -> tuple[ParamSpec, ...]:
+    """Parameters, optionally followed by their `adam_m.`/`adam_v.` states and strategy-less extras."""
+    out = [ParamSpec(n, tuple(s), dtype) for n, s in names_shapes]
+    if adam:
+        out += [ParamSpec(f"{pre}{n}", tuple(s), "float32") for pre in ("adam_m.", "adam_v.") for n, s in names_shapes]
+    out += [ParamSpec(n, (1,), "int32" if n in ("global_step", "current_iterator_step", "epoch_num") else "float32")
+            for n in extras]
+    return tuple(out)
+
+
+def split_map(shape: Sequence[int], dev_matrix: Sequence[int], prefer: int = 0) -> tuple[int, ...]:
+    """A one-axis-per-dimension tensor map that splits dimension `prefer` (else any dimension) by the
+    device matrix's last axis (axis 0) if it divides, and leaves the rest replicated."""
+    tmap = [-1] * len(shape)
+    mp = dev_matrix[-1]
+    order = [prefer % len(shape)] + [i for i in range(len(shape)) if i != prefer % len(shape)] if shape else []
+    if mp > 1:
+        for d in order:
+            if shape[d] % mp == 0:
+                tmap[d] = 0
+                break
+    return tuple(tmap)
+
+
+def _layouts_for(params: Iterable[ParamSpec], make) -> dict[str, ParamLayout]:
+    """Layouts of every non-extra parameter; optimizer states copy their parameter's layout."""
+    shapes = {p.name: p.shape for p in params}
+    out: dict[str, ParamLayout] = {}
+    made: dict[str, ParamLayout] = {}
+    for i, (name, shape) in enumerate(shapes.items()):
+        if name in EXTRA_NAMES:
+            continue
+        base = base_name(name)
+        if base not in made:
+            made[base] = make(i, shapes.get(base, shape))
+        out[name] = made[base]
+    return out
+
+
+def dp_mp(dp: int, mp: int, params: Iterable[ParamSpec], opt_shard: bool | int = False) -> LayoutSpec:
+    """Device matrix (dp, mp): every parameter split by mp on one dimension (alternating between first and
+    last), replicated over dp; with `opt_shard` (True = size -1, or an int size) also optimizer-sharded
+    over dp where MindSpore would."""
+    params = list(params)
+    size = -1 if opt_shard is True else int(opt_shard)
+
+    def make(i: int, shape: tuple[int, ...]) -> ParamLayout:
+        tmap = split_map(shape, (dp, mp), prefer=0 if i % 2 == 0 else -1)
+        step, sz = opt_shard_fields((dp, mp), tmap, shape, size) if opt_shard else (0, 0)
+        return ParamLayout((dp, mp), tmap, step, sz)
+
+    return LayoutSpec.single(_layouts_for(params, make))
+
+
+def with_layout(params: Iterable[ParamSpec], dev_matrix: Sequence[int],
+                tensor_maps: Mapping[str, Sequence[TensorMapEntry]], opt_shard: bool | int = False) -> LayoutSpec:
+    """Explicit tensor maps by base parameter name (replicated where missing), one device matrix."""
+    params = list(params)
+    size = -1 if opt_shard is True else int(opt_shard)
+    names = [p.name for p in params]
+
+    def make(i: int, shape: tuple[int, ...]) -> ParamLayout:
+        tmap = tuple(tensor_maps.get(base_name(names[i]), (-1,) * len(shape)))
+        step, sz = opt_shard_fields(dev_matrix, tmap, shape, size) if opt_shard else (0, 0)
+        return ParamLayout(tuple(dev_matrix), tmap, step, sz)
+
+    return LayoutSpec.single(_layouts_for(params, make))
+
+
+def assign_stages(params: Iterable[ParamSpec], num_stages: int, shared: Sequence[str] = ()) -> list[list[str]]:
+    """Contiguous stage assignment of the base parameters (states follow them); `shared` base names are
+    also placed in the last stage, the way a tied embedding lives in the first and last stage."""
+    params = [p for p in params if p.name not in EXTRA_NAMES]
+    bases = list(dict.fromkeys(base_name(p.name) for p in params))
+    if len(bases) < num_stages:
+        raise ValueError("fewer parameters than stages")
+    per = [len(bases) // num_stages + (1 if s < len(bases) % num_stages else 0) for s in range(num_stages)]
+    stage_of: dict[str, set[int]] = {}
+    pos = 0
+    for s, k in enumerate(per):
+        for b in bases[pos:pos + k]:
+            stage_of[b] = {s}
+        pos += k
+    for b in shared:
+        stage_of[b].add(num_stages - 1)
+    return [[p.name for p in params if s in stage_of[base_name(p.name)]] for s in range(num_stages)]
+
+
+def pipeline(num_stages: int, dp: int, mp: int, params: Iterable[ParamSpec], opt_shard: bool | int = False,
+             shared: Sequence[str] = ()) -> LayoutSpec:
+    """`num_stages` stages of dp x mp devices each, parameters assigned contiguously (`assign_stages`)."""
+    params = list(params)
+    flat = dp_mp(dp, mp, params, opt_shard).stage_layouts(0)
+    return LayoutSpec.pipeline([{n: flat[n] for n in names} for names in assign_stages(params, num_stages, shared)])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Random cases.
+
+_DEVICE_COUNTS = (1, 2, 3, 4, 6, 8)
+_DIM_SIZES = (2, 4, 6, 8, 12, 16, 24, 32, 48)
+
+
+def _factorizations(n: int) -> list[tuple[int, ...]]:
+    """Ordered factorizations of n into factors > 1 ((n,) included; (1,) for n == 1)."""
+    if n == 1:
+        return [(1,)]
+    out = [(n,)]
+    for f in range(2, n):
+        if n % f == 0:
+            out += [(f, *rest) for rest in _factorizations(n // f)]
+    return out
+
+
+def random_dev_matrix(rng: random.Random, n: int) -> tuple[int, ...]:
+    dm = list(rng.choice(_factorizations(n)))
+    if n > 1 and rng.random() < 0.1:
+        dm.insert(rng.randrange(len(dm) + 1), 1)  # MindSpore keeps size-1 axes a strategy asks for
+    return tuple(dm)
+
+
+def random_tensor_map(rng: random.Random, shape: Sequence[int], dev_matrix: Sequence[int],
+                      multi_axis: bool) -> tuple[TensorMapEntry, ...]:
+    """A tensor map whose splits divide `shape`, each device axis used at most once; with `multi_axis`
+    some dimension may be split over two axes (every entry then a tuple, as `_convert_to_list` gives)."""
+    axes = [a for a in range(len(dev_matrix))]
+    rng.shuffle(axes)
+    tmap: list[TensorMapEntry] = []
+    for d in shape:
+        r = rng.random()
+        cands = [a for a in axes if d % _axis_size(dev_matrix, a) == 0]
+        if multi_axis and r < 0.35 and len(cands) >= 2:
+            a, b = rng.sample(cands, 2)
+            if d % (_axis_size(dev_matrix, a) * _axis_size(dev_matrix, b)) == 0:
+                axes.remove(a)
+                axes.remove(b)
+                tmap.append((a, b))
+                continue
+        if r < 0.7 and cands:
+            a = rng.choice(cands)
+            axes.remove(a)
+            tmap.append(a)
+        else:
+            tmap.append(-1)
+    if multi_axis and any(isinstance(e, tuple) for e in tmap):
+        tmap = [e if isinstance(e, tuple) else (e,) for e in tmap]
+    return tuple(tmap)
+
+
+def random_layouts(rng: random.Random, params: Sequence[ParamSpec], n: int, multi_axis: bool,
+                   opt_size: int | None) -> dict[str, ParamLayout]:
+    """Random layouts over n devices for the non-extra parameters; states share their parameter's."""
+
+    def make(_i: int, shape: tuple[int, ...]) -> ParamLayout:
+        dm = random_dev_matrix(rng, n)
+        tmap = random_tensor_map(rng, shape, dm, multi_axis and rng.random() < 0.5)
+        step = size = 0
+        if opt_size is not None and rng.random() < 0.8:
+            step, size = opt_shard_fields(dm, tmap, shape, opt_size)
+        return ParamLayout(dm, tmap, step, size)
+
+    return _layouts_for(params, make)
+
+
+def random_params(rng: random.Random) -> tuple[ParamSpec, ...]:
+    """A handful of parameters (a few KB to ~100 KB each side), Adam states, extras, shuffled a little."""
+    k = rng.randint(2, 5)
+    base: list[ParamSpec] = []
+    for i in range(k):
+        ndim = rng.choice((1, 2, 2, 2, 3))
+        shape = tuple(rng.choice(_DIM_SIZES) for _ in range(ndim))
+        if ndim == 3:
+            shape = tuple(min(s, 12) for s in shape)
+        dtype = rng.choice(("float32", "float32", "float16", "bfloat16", "int32", "float64", "int8", "bool",
+                            "uint8", "int64"))
+        base.append(ParamSpec(f"layer{i}.{'weight' if ndim > 1 else 'bias'}", shape, dtype))
+    out = list(base)
+    if rng.random() < 0.6:
+        for pre in ("adam_m.", "adam_v."):
+            out += [ParamSpec(pre + p.name, p.shape, "float32") for p in base if p.dtype.startswith(("float", "bf"))]
+    extras = rng.sample(EXTRA_NAMES, rng.randint(0, 3))
+    for e in extras:
+        dtype = "int32" if e in ("global_step", "current_iterator_step", "epoch_num") else "float32"
+        shape = () if e == "learning_rate" and rng.random() < 0.5 else (1,)
+        out.insert(rng.randrange(len(out) + 1), ParamSpec(e, shape, dtype))
+    return tuple(out)
+
+
+def _random_side(rng: random.Random, params: Sequence[ParamSpec], n: int, stages: int, multi_axis: bool,
+                 opt_size: int | None) -> LayoutSpec:
+    if stages == 1:
+        return LayoutSpec.single(random_layouts(rng, params, n, multi_axis, opt_size))
+    bases = [p.name for p in params if p.name not in EXTRA_NAMES and base_name(p.name) == p.name]
+    shared = [bases[0]] if rng.random() < 0.3 else []
+    groups = assign_stages(params, stages, shared)
+    out = []
+    for names in groups:
+        lays = random_layouts(rng, [p for p in params if p.name in names], n, multi_axis, opt_size)
+        out.append({nm: lays[nm] for nm in names})
+    return LayoutSpec.pipeline(out)
+
+
+def random_case(seed: int) -> Case:
+    """A random Case MindSpore accepts: 1-8 devices per side (stage device counts dividing one another;
+    MindSpore rejects other pairs), random device matrices and tensor maps, optimizer sharding on either
+    side, sometimes a full side, a pipeline side (2-3 stages, maybe a shared parameter), the single-stage
+    `_part` path, mixed dtypes, Adam states and strategy-less extras."""
+    rng = random.Random(seed)
+    params = random_params(rng)
+    n_bases = len({base_name(p.name) for p in params if p.name not in EXTRA_NAMES})
+    fmt = "json" if rng.random() < 0.1 else "pb"
+    multi = fmt == "pb" and rng.random() < 0.3
+
+    def side_shape() -> tuple[int, int] | None:
+        r = rng.random()
+        if r < 0.15:
+            return None
+        stages = rng.choice((2, 3)) if r > 0.8 and n_bases >= 2 else 1
+        return rng.choice(_DEVICE_COUNTS), min(stages, n_bases)
+
+    src_shape, dst_shape = side_shape(), side_shape()
+    if src_shape and dst_shape:
+        a, b = src_shape[0], dst_shape[0]
+        if max(a, b) % min(a, b):
+            dst_shape = (rng.choice([d for d in _DEVICE_COUNTS if max(a, d) % min(a, d) == 0]), dst_shape[1])
+    opt = lambda: rng.choice((None, None, -1, 2))  # noqa: E731
+    src = _random_side(rng, params, *src_shape, multi, opt()) if src_shape else None
+    dst = _random_side(rng, params, *dst_shape, multi, opt()) if dst_shape else None
+    src_stage = None
+    if src is not None and src.num_stages > 1 and dst is not None and dst.num_stages == 1 and rng.random() < 0.4:
+        src_stage = rng.randrange(src.num_stages)
+    return Case(params, src, dst, seed=seed, src_stage=src_stage, distinct_extras=rng.random() < 0.5, fmt=fmt,
+                label=f"random{seed}")
