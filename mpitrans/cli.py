@@ -27,6 +27,7 @@ subcommands:
   merge-strategy   merge per-stage strategy files into one (like mindspore.merge_pipeline_strategys)
   rank-list        print the source ranks a target rank needs (like mindspore.rank_list_for_transform)
   rank-table       generate / merge / show HCCL rank tables and derive MPI hostfiles from them
+  verify           check finished targets against their sources (and the manifest), byte for byte
 """
 
 
@@ -197,13 +198,62 @@ def _run_rank_list(argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_verify(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m mpitrans verify",
+        description="Check every target file against the source region it should hold, byte for byte, and "
+        "against DIR/mpitrans_manifest.json when present. Run it with the same options as the transform, "
+        "under mpirun too (each target is checked on a host that sees it). Exits 1 on any mismatch.")
+    for flags, kw in (
+        (("--src-checkpoint", "--src_checkpoint", "--src_ckpt_dir"), {"required": True}),
+        (("--src-strategy", "--src_strategy", "--src_ckpt_strategy", "--src_strategy_path_or_dir"), {}),
+        (("--dst-checkpoint", "--dst_checkpoint", "--dst_checkpoint_dir", "--dst_ckpt_dir"), {"required": True}),
+        (("--dst-strategy", "--dst_strategy", "--dst_ckpt_strategy"), {}),
+    ):
+        p.add_argument(*flags, dest=flags[0][2:].replace("-", "_"), **kw)
+    p.add_argument("--prefix", default="checkpoint_")
+    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default="256M")
+    p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE")
+    args = p.parse_args(argv)
+    from dataclasses import asdict
+
+    from mpitrans.engine import JobError
+    from mpitrans.errors import MpitransError
+    from mpitrans.transport import make_transport
+    from mpitrans.verify import format_results, verify
+
+    t = make_transport(None)
+    try:
+        results = verify(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
+                         prefix=args.prefix, comm=t, max_buffer=parse_size(args.max_buffer))
+    except JobError as exc:
+        if t.rank == 0:
+            print(f"mpitrans: error: {exc}", file=sys.stderr)
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - peers may be waiting: end the whole job
+        if not isinstance(exc, MpitransError):
+            import traceback
+
+            traceback.print_exc()
+        print(f"mpitrans: rank {t.rank} failed: {exc}; aborting the job", file=sys.stderr)
+        t.abort(1)
+        return 1
+    if t.rank == 0:
+        print(format_results(results))
+        if args.json_summary:
+            with open(args.json_summary, "w", encoding="utf-8") as f:
+                json.dump([asdict(r) for r in results], f, indent=2)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def _run_rank_table(argv: Sequence[str]) -> int:
     from mpitrans.rank_table import main as rank_table_main
 
     return rank_table_main(list(argv))
 
 
-SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-table": _run_rank_table}
+SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-table": _run_rank_table,
+               "verify": _run_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

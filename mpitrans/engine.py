@@ -455,32 +455,26 @@ def execute(
     return writer.results if writer is not None else {}
 
 
-def transform(
-    src_checkpoint: str,
-    dst_checkpoint: str,
-    src_strategy: str | None = None,
-    dst_strategy: str | None = None,
-    prefix: str = "checkpoint_",
-    comm=None,
-    max_buffer: int = DEFAULT_MAX_BUFFER,
-    placement: Callable[[Sequence[int], int], dict[int, int]] | None = None,
-    rank_table: str | None = None,
-    overwrite: bool = True,
-    resume: bool = False,
-) -> Summary:
-    """Reshard `src_checkpoint` into `dst_checkpoint/rank_x/{prefix}x.ckpt`; collective over `comm`.
+@dataclass
+class Job:
+    """Everything every rank agrees on before any byte moves."""
 
-    `comm` is an mpi4py communicator (default: COMM_WORLD when launched by mpirun, else this process
-    alone). Raises `MpitransError` (the same message on every rank) for bad input found before any byte
-    is written.
-    """
-    t = make_transport(comm)
-    start = time.perf_counter()
-    stats = RankStats(t.rank, socket.gethostname())
-    _agree(t, lambda: check_prefix(prefix))
-    if placement is None:
-        placement = _rank_table_placement(t, rank_table) if rank_table else round_robin_placement
+    src: object
+    dst: object
+    src_bytes: bytes | None
+    dst_bytes: bytes | None
+    visible: dict[int, str]  # source rank -> path, as this rank sees it
+    inventories: list[dict[str, str]]  # per MPI rank: source rank (str) -> path
+    sizes: dict[int, int]
+    seers: dict[int, list[int]]  # source rank -> MPI ranks that see its file
+    needed: set[int]
+    metas: dict[int, list[TensorMeta]]
+    plans: dict[int, TargetPlan]
 
+
+def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
+            prefix: str) -> Job:
+    """Phases 1-4, collective: strategies, inventories, metadata, plans; one agreed error on bad input."""
     # 1. Strategies: read (and merge) once on rank 0, broadcast as bytes.
     def load_both() -> bytes:
         out = []
@@ -574,13 +568,45 @@ def transform(
         return plans
 
     plans = _agree(t, make_plans)
+    return Job(src, dst, src_bytes, dst_bytes, visible, inventories, sizes, seers, needed, metas, plans)
+
+
+def transform(
+    src_checkpoint: str,
+    dst_checkpoint: str,
+    src_strategy: str | None = None,
+    dst_strategy: str | None = None,
+    prefix: str = "checkpoint_",
+    comm=None,
+    max_buffer: int = DEFAULT_MAX_BUFFER,
+    placement: Callable[[Sequence[int], int], dict[int, int]] | None = None,
+    rank_table: str | None = None,
+    overwrite: bool = True,
+    resume: bool = False,
+) -> Summary:
+    """Reshard `src_checkpoint` into `dst_checkpoint/rank_x/{prefix}x.ckpt`; collective over `comm`.
+
+    `comm` is an mpi4py communicator (default: COMM_WORLD when launched by mpirun, else this process
+    alone). Raises `MpitransError` (the same message on every rank) for bad input found before any byte
+    is written.
+    """
+    t = make_transport(comm)
+    start = time.perf_counter()
+    stats = RankStats(t.rank, socket.gethostname())
+    _agree(t, lambda: check_prefix(prefix))
+    if placement is None:
+        placement = _rank_table_placement(t, rank_table) if rank_table else round_robin_placement
+
+    job = prepare(t, src_checkpoint, src_strategy, dst_strategy, prefix)
+    plans, seers, visible, metas = job.plans, job.seers, job.visible, job.metas
+    inventories, sizes = job.inventories, job.sizes
     where = _agree(t, lambda: placement(sorted(plans), t.size))
 
     def path_of(target: TargetPlan) -> str:
         return os.path.join(dst_checkpoint, f"rank_{target.rank}", target.filename)
 
     sources = {g: (os.path.basename(inventories[seers[g][0]][str(g)]), sizes.get(g, -1)) for g in sorted(seers)}
-    identity = manifest.job_identity(src_bytes, dst_bytes, prefix, sources)
+    identity = manifest.job_identity(job.src_bytes, job.dst_bytes, prefix, sources)
     relpath = {tr: os.path.join(f"rank_{tr}", plans[tr].filename) for tr in plans}
 
     def keep_finished() -> dict[int, dict]:
@@ -600,7 +626,6 @@ def transform(
 
     kept_here = _agree(t, keep_finished)
     kept = sorted({int(k) for b in t.allgather_bytes(json.dumps(kept_here).encode()) for k in json.loads(b)})
-
 
     def check_outputs() -> None:
         if overwrite or resume:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,26 +21,6 @@ pytestmark = [pytest.mark.mpi]
 
 if os.geteuid() != 0 or shutil.which("unshare") is None:
     pytest.skip("mount namespaces need root and util-linux unshare", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory) -> Path:
-    """The quickstart model: sources derived by MindSpore, expected output computed by MindSpore."""
-    root = tmp_path_factory.mktemp("example")
-    env = dict(os.environ, GLOG_v="3")
-    code = f"""
-import mindspore as ms, os, shutil
-from mpitrans.example import build
-root = {str(root)!r}
-build(root)
-os.makedirs(root + "/full_dir/rank_0")
-shutil.copy(root + "/full/model.ckpt", root + "/full_dir/rank_0/model.ckpt")
-ms.transform_checkpoints(root + "/full_dir", root + "/src", "model_", None, root + "/src_strategy.ckpt")
-ms.transform_checkpoints(root + "/src", root + "/expected", "checkpoint_", root + "/src_strategy.ckpt",
-                         root + "/dst_strategy.ckpt")
-"""
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
-    return root
 
 
 def _hosts(example: Path, tmp_path: Path, layout: dict[str, list[int]]) -> Path:

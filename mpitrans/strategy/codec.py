@@ -135,16 +135,13 @@ def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int
     """
     while pos < end:
         tag = buf[pos]
+        padded = False
         if tag < 0x80:  # one-byte tag, the only kind this schema's fields use
             pos += 1
         else:
             start = pos
             tag, pos = _read_varint(buf, pos, end)
-            if pos - start != _varint_len(tag):
-                tag = -1 - tag  # marks a padded tag; handled below
-        padded = tag < 0
-        if padded:
-            tag = -1 - tag
+            padded = pos - start != _varint_len(tag)
         num, wt = tag >> 3, tag & 7
         if num == 0:
             raise _Malformed("field number 0")
@@ -174,14 +171,25 @@ def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int
             pos = _skip_value(buf, pos, end, wt)
 
 
+_MINUS_ONE = b"\x08" + b"\xff" * 9 + b"\x01"
+
+
 def _repeated_dims(buf: bytes, pos: int, end: int, convert) -> tuple[int, ...]:
     """Field 1 of DevMatrix/TensorMap/...: a repeated varint scalar, packed or not (both are legal)."""
     out: list[int] = []
     # Fast path for what MindSpore writes: unpacked elements, each a 0x08 tag and a one-byte value (every
     # conversion leaves 0..127 unchanged). Anything else goes to the general loop from where it starts.
-    while pos + 1 < end and buf[pos] == 0x08 and buf[pos + 1] < 0x80:
-        out.append(buf[pos + 1])
-        pos += 2
+    while pos + 1 < end and buf[pos] == 0x08:
+        if buf[pos + 1] < 0x80:
+            out.append(buf[pos + 1])
+            pos += 2
+        elif buf.startswith(_MINUS_ONE, pos, end):  # -1, "not split", is the other common value
+            out.append(convert(0xFFFFFFFFFFFFFFFF))
+            pos += len(_MINUS_ONE)
+        else:
+            break
+    if pos >= end:
+        return tuple(out)
     for num, wt, a, b in _fields(buf, pos, end):
         if num != 1:
             continue
@@ -358,7 +366,14 @@ def _check(v: int, bounds: tuple[int, int], what: str) -> int:
 
 def _dims(values: Sequence[int], bounds: tuple[int, int], what: str) -> bytes:
     # proto2 repeated scalars without [packed=true]: one tag per element, as MindSpore serializes them.
-    return b"".join(b"\x08" + _varint(_check(v, bounds, what)) for v in values)
+    out = bytearray()
+    for v in values:
+        if type(v) is int and 0 <= v < 0x80:  # fits every field type and is its own varint
+            out += b"\x08"
+            out.append(v)
+        else:
+            out += b"\x08" + _varint(_check(v, bounds, what))
+    return bytes(out)
 
 
 def _text(value: str, what: str) -> bytes:

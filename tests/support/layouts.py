@@ -506,6 +506,11 @@ def _random_side(rng: random.Random, params: Sequence[ParamSpec], n: int, stages
     return LayoutSpec.pipeline(out)
 
 
+def _model_keys(names: Iterable[str]) -> set[str]:
+    """The names MindSpore compares to pick its single-stage path (optimizer states left out)."""
+    return {n for n in names if not n.startswith(("accu_grads", "adam_v", "adam_m"))}
+
+
 def random_case(seed: int) -> Case:
     """A random Case MindSpore accepts: 1-8 devices per side (stage device counts dividing one another;
     MindSpore rejects other pairs), random device matrices and tensor maps, optimizer sharding on either
@@ -534,6 +539,8 @@ def random_case(seed: int) -> Case:
     dst = _random_side(rng, params, *dst_shape, multi, opt()) if dst_shape else None
     src_stage = None
     if src is not None and src.num_stages > 1 and dst is not None and dst.num_stages == 1 and rng.random() < 0.4:
-        src_stage = rng.randrange(src.num_stages)
+        stage = rng.randrange(src.num_stages)
+        if len(_model_keys(src.stage_layouts(stage))) < len(_model_keys(dst.names())):
+            src_stage = stage
     return Case(params, src, dst, seed=seed, src_stage=src_stage, distinct_extras=rng.random() < 0.5, fmt=fmt,
                 label=f"random{seed}")
