@@ -380,7 +380,8 @@ def _text(value: str, what: str) -> bytes:
     try:
         return value.encode("utf-8")
     except UnicodeEncodeError:
-        raise StrategyError(f"{what} {value!r} cannot be stored in a strategy file (not valid UTF-8)") from None
+        raise StrategyError(f"{what} {value!r} is not valid UTF-8 and cannot be stored in a strategy "
+                            f"file") from None
 
 
 def _len_field(tag: int, payload: bytes) -> bytes:

@@ -451,6 +451,9 @@ def test_values_outside_the_field_types_are_refused():
     for bad in bad_layouts:
         with pytest.raises(StrategyError):
             encode_strategy(StrategyFile(layouts=[("w", bad)]))
+    # JSON can spell a lone surrogate, which no protobuf string can hold.
+    with pytest.raises(StrategyError, match="UTF-8"):
+        encode_strategy(StrategyFile(layouts=[("w\ud800", RawLayout((1,), ((0,),)))]))
 
 
 @pytest.mark.parametrize("seed", range(30))

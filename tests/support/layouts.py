@@ -168,6 +168,38 @@ def opt_shard_fields(dev_matrix: Sequence[int], tensor_map: Sequence[TensorMapEn
     return step, size
 
 
+def opt_shard_transformable(dev_matrix: Sequence[int], tensor_map: Sequence[TensorMapEntry], step: int,
+                            size: int) -> bool:
+    """Whether MindSpore 2.10's transformer accepts this optimizer sharding
+    (`_construct_tensor_layout_for_opt_shard` and its helper, restated). Training writes layouts it
+    rejects, e.g. two replicas of 2 out of a replica axis of 3."""
+    if not step or not size:
+        return True
+    layout = ParamLayout(tuple(dev_matrix), tuple(tensor_map))
+    used = {len(dev_matrix) - 1 - a for a in layout.used_axes()}
+    repeated = [i for i, v in enumerate(dev_matrix) if i not in used and v > 1]
+    if not repeated:
+        return False
+    if not layout.multi_axis:
+        if len(repeated) == 1 and prod(dev_matrix[repeated[0] + 1:]) != step:
+            return False
+        if not ((1 < len(repeated) < len(dev_matrix)) or repeated[0] > 0):
+            return True  # the simple path: no further checks
+    remaining = size if size != -1 else prod(dev_matrix[i] for i in repeated)
+    for i in reversed(repeated):
+        d = dev_matrix[i]
+        if remaining // d == 0:
+            if d % remaining:
+                return False
+            d = remaining
+        if remaining % d:
+            return False
+        remaining //= d
+        if remaining == 1:
+            break
+    return True
+
+
 @dataclass(frozen=True)
 class LayoutSpec:
     """One side's strategy: per pipeline stage, the (name, layout) entries in file order.
@@ -463,6 +495,8 @@ def random_layouts(rng: random.Random, params: Sequence[ParamSpec], n: int, mult
         step = size = 0
         if opt_size is not None and rng.random() < 0.8:
             step, size = opt_shard_fields(dm, tmap, shape, opt_size)
+            if not opt_shard_transformable(dm, tmap, step, size):
+                step = size = 0
         return ParamLayout(dm, tmap, step, size)
 
     return _layouts_for(params, make)
@@ -530,6 +564,12 @@ def random_case(seed: int) -> Case:
         return rng.choice(_DEVICE_COUNTS), min(stages, n_bases)
 
     src_shape, dst_shape = side_shape(), side_shape()
+    if src_shape is None and dst_shape is None:  # MindSpore refuses full -> full
+        dst_shape = (rng.choice(_DEVICE_COUNTS[1:]), 1)
+    if src_shape is not None and dst_shape is not None and dst_shape[1] > 1 and dst_shape[0] == 1:
+        # A pipeline target with one device per stage breaks MindSpore's rank list (it uses the global rank
+        # as the local one), unless the source is full.
+        dst_shape = (2, dst_shape[1])
     if src_shape and dst_shape:
         a, b = src_shape[0], dst_shape[0]
         if max(a, b) % min(a, b):

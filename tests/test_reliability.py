@@ -1,0 +1,107 @@
+"""Bad input and crashes under a real mpirun: clear errors, no hangs, no partial files, resumable runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.mpirun import mpirun
+
+pytestmark = [pytest.mark.mpi]
+
+
+def _args(example: Path, dst: Path, *extra: str, src: Path | None = None, src_strategy: str | None = None):
+    return ["--src-checkpoint", str(src or example / "src"),
+            "--src-strategy", src_strategy or str(example / "src_strategy.ckpt"),
+            "--dst-checkpoint", str(dst), "--dst-strategy", str(example / "dst_strategy.ckpt"), "--quiet", *extra]
+
+
+def _final_files(dst: Path) -> list[Path]:
+    """Files under final names (temp files start with a dot)."""
+    return [p for p in dst.rglob("*.ckpt") if not p.name.startswith(".")] if dst.exists() else []
+
+
+def _assert_matches_mindspore(example: Path, dst: Path) -> None:
+    for r in range(4):
+        rel = Path(f"rank_{r}") / f"checkpoint_{r}.ckpt"
+        assert (dst / rel).read_bytes() == (example / "expected" / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("stage", ["after-plan", "mid-transfer", "mid-write"])
+def test_killed_rank_ends_job_and_resume_finishes_it(example, tmp_path, stage):
+    dst = tmp_path / "dst"
+    proc = mpirun(2, _args(example, dst, "--max-buffer", "64K"), env={"MPITRANS_FAULT": f"1:{stage}"},
+                  timeout=60)
+    assert proc.returncode != 0
+    done_before = _final_files(dst)
+    assert not (dst / "mpitrans_manifest.json").exists()
+    proc = mpirun(2, _args(example, dst, "--resume", "--json-summary", str(tmp_path / "s.json")), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    _assert_matches_mindspore(example, dst)
+    assert not list(dst.rglob(".*.tmp-*")), "stale temp files must be cleaned"
+    summary = json.loads((tmp_path / "s.json").read_text())
+    if done_before:  # rank 0's finished targets were kept, not rewritten
+        assert summary["ranks"][0]["bytes_written"] == 0
+    manifest = json.loads((dst / "mpitrans_manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["0", "1", "2", "3"]
+
+
+def test_existing_output_is_refused_without_overwrite(example, tmp_path):
+    dst = tmp_path / "dst"
+    assert mpirun(2, _args(example, dst)).returncode == 0
+    proc = mpirun(2, _args(example, dst))
+    assert proc.returncode != 0 and "already exists" in proc.stderr and "--overwrite" in proc.stderr
+    assert mpirun(2, _args(example, dst, "--overwrite")).returncode == 0
+    _assert_matches_mindspore(example, dst)
+
+
+def test_verify_passes_then_names_the_corrupted_parameter(example, tmp_path):
+    dst = tmp_path / "dst"
+    assert mpirun(3, _args(example, dst)).returncode == 0
+    verify_args = ["verify", *[a for a in _args(example, dst) if a != "--quiet"]]
+    proc = mpirun(3, verify_args)
+    assert proc.returncode == 0, proc.stderr
+    assert "all 4 target files match" in proc.stdout
+    # Flip a byte in the middle of the largest tensor's data of target 1.
+    path = dst / "rank_1" / "checkpoint_1.ckpt"
+    data = bytearray(path.read_bytes())
+    data[200_000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    proc = mpirun(2, verify_args)
+    assert proc.returncode == 1
+    assert "target rank 1" in proc.stdout and "differs" in proc.stdout
+
+
+@pytest.mark.parametrize("problem", ["truncated", "not-a-strategy", "empty-rank-dir", "unsafe-prefix"])
+def test_bad_input_fails_cleanly_on_every_rank(example, tmp_path, problem):
+    src = tmp_path / "src"
+    shutil.copytree(example / "src", src)
+    strategy = str(example / "src_strategy.ckpt")
+    extra: list[str] = []
+    if problem == "truncated":
+        victim = next((src / "rank_3").glob("*.ckpt"))
+        victim.write_bytes(victim.read_bytes()[: os.path.getsize(victim) // 2])
+        expect = ["rank_3"]
+    elif problem == "not-a-strategy":
+        (tmp_path / "bogus.ckpt").write_bytes(b"\x08\x01this is not a strategy\xff\xff")
+        strategy = str(tmp_path / "bogus.ckpt")
+        expect = ["bogus.ckpt"]
+    elif problem == "empty-rank-dir":
+        for r in (1, 5):
+            for f in (src / f"rank_{r}").glob("*.ckpt"):
+                f.unlink()
+        expect = ["rank_1"]
+    else:
+        extra = ["--prefix", "../escape_"]
+        expect = ["unsafe --prefix"]
+    dst = tmp_path / "dst"
+    proc = mpirun(2, _args(example, dst, *extra, src=src, src_strategy=strategy), timeout=60)
+    assert proc.returncode != 0
+    for word in expect:
+        assert word in proc.stderr, proc.stderr
+    assert proc.stderr.count("mpitrans: error") == 1, "reported once, by one rank"
+    assert not _final_files(dst)
