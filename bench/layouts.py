@@ -176,9 +176,30 @@ def replication(side: Side) -> float:
     return 1.0 if side.full or side.opt else float(side.dp)
 
 
-def _message(side: Side, dims: ModelDims, stage: int | None):
-    from mindspore.train import node_strategy_pb2 as pb
+def _strategy_pb2():
+    """MindSpore's `node_strategy_pb2`, loaded from its file so that writing a strategy does not pay for
+    importing all of MindSpore (~7 s); the normal import when that fails."""
+    import importlib.util
+    import sys
 
+    spec = None if "mindspore" in sys.modules else importlib.util.find_spec("mindspore")
+    if spec is not None and spec.submodule_search_locations:
+        path = os.path.join(list(spec.submodule_search_locations)[0], "train", "node_strategy_pb2.py")
+        if os.path.exists(path):
+            mod_spec = importlib.util.spec_from_file_location("_bench_node_strategy_pb2", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            try:
+                mod_spec.loader.exec_module(module)
+                return module
+            except Exception:  # noqa: BLE001 - fall back to the regular import
+                pass
+    from mindspore.train import node_strategy_pb2
+
+    return node_strategy_pb2
+
+
+def _message(side: Side, dims: ModelDims, stage: int | None):
+    pb = _strategy_pb2()
     msg = pb.ParallelStrategyMap()
     msg.current_stage = 0
     item = msg.parallel_strategy_item.add()

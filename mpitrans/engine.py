@@ -318,16 +318,36 @@ def _run_rounds(
     writer: _DiskWriter | None,
     chunk_bytes: int,
     stats: RankStats,
+    file_ids: dict[int, dict[int, tuple]] | None = None,
 ) -> None:
     me = t.rank
+    file_ids = file_ids or {}
     load = defaultdict(int)
+
+    # Identical source regions wanted by several writers (data-parallel target replicas) are read once:
+    # the first writer that can see the file reads it, and later writers that see the *same* file
+    # (same host, same inode: a shared disk) receive it from that reader instead of reading it again.
+    assigned: dict[tuple, tuple[int, int]] = {}
+
+    def same_file(g: int, r1: int, r2: int) -> bool:
+        a, b = file_ids.get(g, {}).get(r1), file_ids.get(g, {}).get(r2)
+        return a is not None and a == b
 
     def chooser(writer_rank: int):
         def choose(target: TargetPlan, tensor: OutTensor, ri: int) -> tuple[int, int]:
             region = tensor.regions[ri]
-            for g in region.candidates:
-                if writer_rank in seers.get(g, ()):
-                    return writer_rank, g
+            key = (tensor.name, region.src_box, region.candidates)
+            prev = assigned.get(key)
+            local = [g for g in region.candidates if writer_rank in seers.get(g, ())]
+            if local:
+                if prev is not None and prev[0] != writer_rank and prev[1] in local \
+                        and same_file(prev[1], prev[0], writer_rank):
+                    return prev
+                choice = (writer_rank, local[0])
+                assigned.setdefault(key, choice)
+                return choice
+            if prev is not None:
+                return prev
             best = None
             for g in region.candidates:
                 for r in seers.get(g, ()):
@@ -336,6 +356,7 @@ def _run_rounds(
             if best is None:  # validated before any byte moves; kept as a guard
                 raise MissingShardError(f"no process sees a source file for {tensor.name!r}")
             load[best[0]] += prod(box_shape(region.dst_box))
+            assigned[key] = best
             return best
 
         return choose
@@ -367,6 +388,27 @@ def _run_rounds(
                 staging = bytearray(sum(p.nbytes for p in ps))
                 recvs.append((r, memoryview(staging)))
                 incoming.append((staging, ps))
+        # Read what this rank must read: its own pieces straight into its chunk where contiguous, then the
+        # pieces other writers need; a region wanted twice in this round is read from disk once.
+        got: dict[tuple, memoryview] = {}
+        if own is not None:
+            for p in own.pieces:
+                if p.reader != me:
+                    continue
+                key = (p.src_rank, p.tensor, p.src_box)
+                target = _Assembler.target_view(buf, p)
+                if target is not None:
+                    if key in got:
+                        target[:] = got[key]
+                    else:
+                        files.read(p, target)
+                        got[key] = target
+                else:
+                    if key not in got:
+                        tmp = memoryview(bytearray(p.nbytes))
+                        files.read(p, tmp)
+                        got[key] = tmp
+                    _Assembler.scatter(buf, p, got[key])
         sends = []
         for w, c in sorted(chunks.items()):
             if w == me:
@@ -378,21 +420,15 @@ def _run_rounds(
             view = memoryview(out)
             pos = 0
             for p in ps:
-                files.read(p, view[pos:pos + p.nbytes])
+                key = (p.src_rank, p.tensor, p.src_box)
+                if key in got:
+                    view[pos:pos + p.nbytes] = got[key]
+                else:
+                    files.read(p, view[pos:pos + p.nbytes])
+                    got[key] = view[pos:pos + p.nbytes]
                 pos += p.nbytes
             sends.append((w, view))
             stats.bytes_sent += len(out)
-        if own is not None:
-            for p in own.pieces:
-                if p.reader != me:
-                    continue
-                target = _Assembler.target_view(buf, p)
-                if target is not None:
-                    files.read(p, target)
-                else:
-                    tmp = bytearray(p.nbytes)
-                    files.read(p, memoryview(tmp))
-                    _Assembler.scatter(buf, p, memoryview(tmp))
         if sends or recvs:
             t.exchange(sends, recvs)
         fault_point("mid-transfer", me)
@@ -422,6 +458,7 @@ def execute(
     max_buffer: int,
     stats: RankStats,
     on_done: Callable[[int, int, int], None] | None = None,
+    file_ids: dict[int, dict[int, tuple]] | None = None,
 ) -> dict[int, tuple[str, int, int]]:
     """Move the planned bytes: collective over `t`; any failure here must abort the job (peers wait).
     Returns what this rank wrote: target -> (path, size, CRC-32C)."""
@@ -442,7 +479,7 @@ def execute(
     if writer is not None:
         writer.start()
     try:
-        _run_rounds(t, plans, where, seers, files, writer, chunk_bytes, stats)
+        _run_rounds(t, plans, where, seers, files, writer, chunk_bytes, stats, file_ids)
     finally:
         if writer is not None:
             writer.queue.put(None)
@@ -470,6 +507,7 @@ class Job:
     needed: set[int]
     metas: dict[int, list[TensorMeta]]
     plans: dict[int, TargetPlan]
+    file_ids: dict[int, dict[int, tuple]]  # source rank -> MPI rank -> (host, st_dev, st_ino)
 
 
 def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
@@ -492,12 +530,19 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
 
     # 2. Inventories: what each rank sees under src_checkpoint.
     visible = discover_sources(src_checkpoint)
-    listing = {str(k): [v, os.path.getsize(v)] for k, v in visible.items()}
+    host = socket.gethostname()
+    listing = {}
+    for k, v in visible.items():
+        st = os.stat(v)
+        listing[str(k)] = [v, st.st_size, host, st.st_dev, st.st_ino]
     inventories, sizes = [], {}
-    for blob in t.allgather_bytes(json.dumps(listing).encode()):
+    file_ids: dict[int, dict[int, tuple]] = defaultdict(dict)
+    for r, blob in enumerate(t.allgather_bytes(json.dumps(listing).encode())):
         inv = json.loads(blob)
         inventories.append({k: v[0] for k, v in inv.items()})
         sizes.update({int(k): v[1] for k, v in inv.items()})
+        for k, v in inv.items():
+            file_ids[int(k)][r] = tuple(v[2:])
     seers: dict[int, list[int]] = defaultdict(list)
     for r, inv in enumerate(inventories):
         for k in inv:
@@ -568,7 +613,7 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
         return plans
 
     plans = _agree(t, make_plans)
-    return Job(src, dst, src_bytes, dst_bytes, visible, inventories, sizes, seers, needed, metas, plans)
+    return Job(src, dst, src_bytes, dst_bytes, visible, inventories, sizes, seers, needed, metas, plans, file_ids)
 
 
 def transform(
@@ -647,7 +692,7 @@ def transform(
         manifest.record_progress(dst_checkpoint, identity, target,
                                  {"path": relpath[target], "size": size, "crc32c": crc})
 
-    written = execute(t, todo, where, seers, visible, metas, path_of, max_buffer, stats, progress)
+    written = execute(t, todo, where, seers, visible, metas, path_of, max_buffer, stats, progress, job.file_ids)
     stats.seconds = time.perf_counter() - start
 
     # 6. Manifest, written last: every rank that owns targets writes the same document (atomically), so

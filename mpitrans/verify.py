@@ -158,7 +158,7 @@ def verify(
     comparer.start()
     try:
         _run_rounds(t, plans, checker, job.seers, files, comparer if mine else None, comparer.chunk_hint,
-                    RankStats(t.rank, host))
+                    RankStats(t.rank, host), job.file_ids)
     finally:
         comparer.queue.put(None)
         comparer.join()

@@ -436,7 +436,7 @@ def pipeline(num_stages: int, dp: int, mp: int, params: Iterable[ParamSpec], opt
 # Random cases.
 
 _DEVICE_COUNTS = (1, 2, 3, 4, 6, 8)
-_DIM_SIZES = (2, 4, 6, 8, 12, 16, 24, 32, 48)
+_DIM_SIZES = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
 def _factorizations(n: int) -> list[tuple[int, ...]]:
@@ -509,6 +509,8 @@ def random_params(rng: random.Random) -> tuple[ParamSpec, ...]:
     for i in range(k):
         ndim = rng.choice((1, 2, 2, 2, 3))
         shape = tuple(rng.choice(_DIM_SIZES) for _ in range(ndim))
+        if ndim == 2 and rng.random() < 0.5:
+            shape = (rng.choice(_DIM_SIZES[-4:]), rng.choice(_DIM_SIZES[-6:]))
         if ndim == 3:
             shape = tuple(min(s, 12) for s in shape)
         dtype = rng.choice(("float32", "float32", "float16", "bfloat16", "int32", "float64", "int8", "bool",
