@@ -1,0 +1,1 @@
+"""Benchmark of mpitrans against MindSpore's checkpoint transforms: `python -m bench --help`."""

@@ -56,8 +56,8 @@ class RankStats:
     bytes_received: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
-    # Source ranks whose bytes reached this rank over MPI rather than from its own disk.
-    received_sources: list[int] = field(default_factory=list)
+    # [source rank, sending MPI rank] pairs whose bytes reached this rank over MPI, not from its disk.
+    received_from: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -438,8 +438,8 @@ def _run_rounds(
             for p in ps:
                 _Assembler.scatter(buf, p, view[pos:pos + p.nbytes])
                 pos += p.nbytes
-                if p.src_rank not in stats.received_sources:
-                    stats.received_sources.append(p.src_rank)
+                if [p.src_rank, p.reader] not in stats.received_from:
+                    stats.received_from.append([p.src_rank, p.reader])
             stats.bytes_received += len(staging)
         if own is not None:
             if writer.error is not None:

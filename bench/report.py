@@ -1,0 +1,130 @@
+"""Tables, target checks and the plot of a benchmark result document (see `bench.run`)."""
+
+from __future__ import annotations
+
+GIB = 1 << 30
+MIB = 1 << 20
+LABELS = {"mindspore": "MindSpore transform_checkpoints (1 proc)", "by_rank": "MindSpore by-rank (mpirun -n P)",
+          "mpitrans": "mpitrans (mpirun -n P)", "floor": "I/O floor (cat + dd + sync)"}
+
+# The issue's targets, for scenario (a) at its largest size (~2.5 GiB of dp2·mp4 shards -> dp1·mp2).
+SPEEDUP_MIN = 10.0
+FLOOR_RATIO_MAX = 1.5
+RSS_MAX_MIB = 512.0
+
+
+def _ok_cases(doc: dict, key: str | None = None) -> list[dict]:
+    return sorted((c for c in doc["cases"] if "error" not in c and (key is None or c["scenario"] == key)),
+                  key=lambda c: c["source_bytes"])
+
+
+def evaluate_targets(doc: dict) -> dict:
+    cases = [c for c in _ok_cases(doc, "a") if "mpitrans" in c["contenders"]]
+    if not cases:
+        return {"note": "no scenario (a) case with mpitrans in this run"}
+    big = cases[-1]
+    mt = big["contenders"]["mpitrans"]
+    out: dict = {"case": f"a @ {big['source_bytes'] / GIB:.2f} GiB"}
+    for other in ("mindspore", "by_rank"):
+        if other in big["contenders"]:
+            o = big["contenders"][other]
+            speed = o["wall_median"] / mt["wall_median"]
+            out[f"speedup_vs_{other}"] = {"value": round(speed, 2), "cmd_only": round(o["cmd_median"] / mt["cmd_median"], 2),
+                                          "target": f">= {SPEEDUP_MIN:g}", "met": speed >= SPEEDUP_MIN}
+    if "floor" in big["contenders"]:
+        fl = big["contenders"]["floor"]
+        ratio = mt["wall_median"] / fl["wall_median"]
+        out["mpitrans_over_floor"] = {"value": round(ratio, 2), "cmd_only": round(mt["cmd_median"] / fl["cmd_median"], 2),
+                                      "target": f"<= {FLOOR_RATIO_MAX:g}", "met": ratio <= FLOOR_RATIO_MAX}
+    rss = [(c["source_bytes"] / GIB, c["contenders"]["mpitrans"]["peak_rss_mib"]) for c in cases]
+    peak = max(r for _, r in rss)
+    out["mpitrans_peak_rss_mib"] = {"value": peak, "by_size_gib": [[round(s, 3), r] for s, r in rss],
+                                    "target": f"<= {RSS_MAX_MIB:g}", "met": peak <= RSS_MAX_MIB}
+    lo, hi = min(r for _, r in rss), peak
+    flat = hi - lo <= max(64.0, 0.25 * lo)
+    out["mpitrans_rss_flat"] = {"value": round(hi - lo, 1), "sizes": len(rss),
+                                "target": "growth <= max(64 MiB, 25%) from smallest to largest size",
+                                "met": flat if len(rss) > 1 else None}
+    return out
+
+
+def _gib(n) -> str:
+    return "-" if n is None else f"{n / GIB:.2f}"
+
+
+def markdown_table(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [f"Machine: {m.get('cores')} cores, {m.get('mem_gib')} GiB RAM ({m.get('cpu', '')}); "
+             f"MindSpore {m.get('mindspore')}, mpitrans {m.get('mpitrans')}, {doc['args']['repeats']} repeat(s), "
+             f"medians. wall = command + sync; RSS = largest process.", "",
+             "| case | source GiB | P | contender | wall s | cmd s | peak RSS MiB | read GiB | sent GiB "
+             "| written GiB | mpitrans ÷ this (wall) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in doc["cases"]:
+        if "error" in c:
+            lines.append(f"| {c['scenario']} | {c['size_gib']:g} (requested) | | FAILED: "
+                         f"{c['error'].splitlines()[0][:120]} | | | | | | | |")
+            continue
+        mt = c["contenders"].get("mpitrans")
+        for name, e in c["contenders"].items():
+            ratio = "" if not mt or name == "mpitrans" else f"{mt['wall_median'] / e['wall_median']:.3f}"
+            read = e.get("bytes_read", e.get("rchar"))
+            written = e.get("bytes_written", e.get("wchar"))
+            rss = "-" if name == "floor" else f"{e['peak_rss_mib']:.0f}"
+            lines.append(f"| {c['scenario']} | {c['source_bytes'] / GIB:.2f} | {c['procs']} | {name} "
+                         f"| {e['wall_median']:.2f} | {e['cmd_median']:.2f} | {rss} | {_gib(read)} "
+                         f"| {_gib(e.get('bytes_sent'))} | {_gib(written)} | {ratio} |")
+    checks = []
+    for c in doc["cases"]:
+        if "error" in c:
+            continue
+        for who, chk in c["checks"].items():
+            checks.append(f"{c['scenario']}@{c['source_bytes'] / GIB:.2f}G {who}: "
+                          f"{'identical' if chk.get('identical') else 'NOT identical' if chk.get('identical') is False else 'unchecked'}"
+                          f" ({chk.get('files', 0)} files)")
+    lines += ["", "Byte checks against mindspore.transform_checkpoints: " + ("; ".join(checks) or "none")]
+    t = doc.get("targets") or {}
+    if "case" in t:
+        lines += ["", f"Targets ({t['case']}):"]
+        for k, v in t.items():
+            if isinstance(v, dict):
+                met = {True: "met", False: "MISSED", None: "n/a"}[v["met"]]
+                extra = f" (command only: {v['cmd_only']})" if "cmd_only" in v else ""
+                lines.append(f"- {k}: {v['value']}{extra}, target {v['target']}: **{met}**")
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: str) -> str | None:
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({c["scenario"] for c in _ok_cases(doc)})
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.4), squeeze=False)
+    markers = {"mindspore": "o", "by_rank": "s", "mpitrans": "D", "floor": "^"}
+    for ax, key in zip(axes[0], keys, strict=True):
+        cases = _ok_cases(doc, key)
+        for name in LABELS:
+            pts = [(c["source_bytes"] / GIB, c["contenders"][name]["wall_median"]) for c in cases
+                   if name in c["contenders"]]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker=markers[name], label=LABELS[name])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("source shards (GiB)")
+        ax.set_ylabel("wall seconds (median, incl. sync)")
+        ax.set_title(f"({key}) {cases[0]['title']}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    m = doc["machine"]
+    fig.suptitle(f"mpitrans vs MindSpore — {m.get('cores')} cores, {m.get('mem_gib')} GiB RAM, "
+                 f"MindSpore {m.get('mindspore')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

