@@ -267,6 +267,7 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float) ->
             out = case.out(c)
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(case.rec(c, rep), ignore_errors=True)
+            os.makedirs(case.rec(c, rep))
             os.sync()
             cmd_s, wall_s, code = timed(case.command(c, rep), case.log, timeout)
             if code != 0:

@@ -219,8 +219,9 @@ def flatten_layout(layout: ParamLayout | None, full_shape: Sequence[int]) -> Fla
         raise LayoutError(f"layout {layout} cannot be applied to a tensor of shape {list(full_shape)}")
     for size, axis in zip(shape, tmap, strict=True):
         if axis != -1 and size % _axis_size(dev, axis):
+            split = tensor_strategy(layout.dev_matrix, layout.tensor_map)
             raise LayoutError(
-                f"shape {list(full_shape)} is not divisible by its split {tensor_strategy(layout.dev_matrix, layout.tensor_map)}"
+                f"shape {list(full_shape)} is not divisible by its split {split}"
                 f" (device matrix {list(layout.dev_matrix)}, tensor map {list(layout.tensor_map)})"
             )
     return FlatLayout(tuple(dev), tuple(int(e) for e in tmap), tuple(shape), tuple(groups))

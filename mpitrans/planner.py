@@ -241,6 +241,8 @@ class Planner:
 
     def _transform(self, name, local, shard_shape, src_layout, dst_layout, chosen) -> OutTensor:
         full_shape = origin_shape(shard_shape, src_layout)
+        for side, layout in (("source", src_layout), ("destination", dst_layout)):
+            _check_supported(name, side, layout, full_shape)
         try:
             src_flat = flatten_layout(src_layout, full_shape)
             dst_flat = flatten_layout(dst_layout, full_shape)
@@ -270,6 +272,26 @@ class Planner:
                 f"(source ranks {sorted({g for r in regions for g in r.candidates})})"
             )
         return OutTensor(name, dtype, box_shape(target_box), tuple(regions))
+
+
+def _check_supported(name: str, side: str, layout: ParamLayout | None, full_shape: Sequence[int]) -> None:
+    """Refuse layouts whose bytes MindSpore's transformer does not place by the device matrix alone."""
+    if layout is None:
+        return
+    if layout.field > 0:
+        raise LayoutError(
+            f"parameter {name!r}: the {side} strategy splits it by field (field={layout.field}); "
+            f"mpitrans does not reshard field-split embeddings"
+        )
+    split = [s for s in layout.param_split_shape if s]
+    if split:
+        parts = tensor_strategy(layout.dev_matrix, layout.tensor_map)[0] if layout.tensor_map else 1
+        even = full_shape and len(set(split)) == 1 and split[0] * parts == full_shape[0]
+        if not even:
+            raise LayoutError(
+                f"parameter {name!r}: the {side} strategy splits dimension 0 unevenly "
+                f"(param_split_shape={list(layout.param_split_shape)}); mpitrans only reshards even splits"
+            )
 
 
 def rank_list_for_strategies(rank: int, src: StrategyFile | None, dst: StrategyFile | None) -> list[int]:

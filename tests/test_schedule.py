@@ -31,9 +31,9 @@ def _random_regions(rng, shape):
     """Cut a tensor into a grid of boxes, each a region sourced from a made-up shard."""
     cuts = [sorted({0, s, *(rng.randrange(1, s) for _ in range(rng.randrange(3)) if s > 1)}) for s in shape]
     regions = []
-    for cell in itertools.product(*[list(zip(c, c[1:])) for c in cuts]):
+    for cell in itertools.product(*[list(zip(c, c[1:], strict=False)) for c in cuts]):
         shift = [rng.randrange(3) for _ in shape]
-        src = tuple((a + d, b + d) for (a, b), d in zip(cell, shift))
+        src = tuple((a + d, b + d) for (a, b), d in zip(cell, shift, strict=True))
         regions.append(Region(tuple(cell), src, (rng.randrange(4),)))
     return regions
 
@@ -52,11 +52,13 @@ def test_chunks_cover_each_element_once(seed):
     sizes = {"Float32": 4, "Float16": 2, "Int8": 1}
     chunk_bytes = rng.choice([4, 16, 64, 1 << 20])
     covered = {}
-    for chunk in build_chunks(targets, chunk_bytes, sizes.__getitem__, lambda t, x, ri: (0, x.regions[ri].candidates[0])):
+    def reader(target, tensor, ri):
+        return 0, tensor.regions[ri].candidates[0]
+
+    for chunk in build_chunks(targets, chunk_bytes, sizes.__getitem__, reader):
         assert chunk.nbytes <= max(chunk_bytes, 4)
         assert sum(p.nbytes for p in chunk.pieces) == chunk.nbytes
         for seg in chunk.segments:
-            tensor = targets[seg.target_index].tensors[seg.tensor_index]
             for e in range(seg.start, seg.stop):
                 key = (seg.target_index, seg.tensor_index, e)
                 assert key not in covered

@@ -568,14 +568,13 @@ def random_case(seed: int) -> Case:
     src_shape, dst_shape = side_shape(), side_shape()
     if src_shape is None and dst_shape is None:  # MindSpore refuses full -> full
         dst_shape = (rng.choice(_DEVICE_COUNTS[1:]), 1)
-    if src_shape is not None and dst_shape is not None and dst_shape[1] > 1 and dst_shape[0] == 1:
-        # A pipeline target with one device per stage breaks MindSpore's rank list (it uses the global rank
-        # as the local one), unless the source is full.
-        dst_shape = (2, dst_shape[1])
     if src_shape and dst_shape:
-        a, b = src_shape[0], dst_shape[0]
-        if max(a, b) % min(a, b):
-            dst_shape = (rng.choice([d for d in _DEVICE_COUNTS if max(a, d) % min(a, d) == 0]), dst_shape[1])
+        # Stage device counts must divide one another, and a pipeline target with one device per stage
+        # breaks MindSpore's rank list (it takes the global rank for the local one) unless the source is full.
+        a = src_shape[0]
+        ok = [d for d in _DEVICE_COUNTS if max(a, d) % min(a, d) == 0 and (dst_shape[1] == 1 or d > 1)]
+        if dst_shape[0] not in ok:
+            dst_shape = (rng.choice(ok), dst_shape[1])
     opt = lambda: rng.choice((None, None, -1, 2))  # noqa: E731
     src = _random_side(rng, params, *src_shape, multi, opt()) if src_shape else None
     dst = _random_side(rng, params, *dst_shape, multi, opt()) if dst_shape else None
@@ -586,3 +585,103 @@ def random_case(seed: int) -> Case:
             src_stage = stage
     return Case(params, src, dst, seed=seed, src_stage=src_stage, distinct_extras=rng.random() < 0.5, fmt=fmt,
                 label=f"random{seed}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Named cases: one per layout kind, for readable test ids and for the oracle's own checks.
+
+MODEL = (ParamSpec("global_step", (1,), "int32"), ParamSpec("embedding.table", (32, 16), "bfloat16"),
+         ParamSpec("layer0.weight", (16, 24)), ParamSpec("layer0.bias", (24,), "float16"),
+         ParamSpec("layer1.weight", (24, 16)), ParamSpec("learning_rate", (), "float32"),
+         ParamSpec("head.weight", (16, 32)))
+
+
+def _with_adam(params: Sequence[ParamSpec]) -> tuple[ParamSpec, ...]:
+    out = list(params)
+    for pre in ("adam_m.", "adam_v."):
+        out += [ParamSpec(pre + p.name, p.shape, "float32") for p in params if p.name not in EXTRA_NAMES]
+    return tuple(out)
+
+
+def _drop(layout: LayoutSpec, names: set[str]) -> LayoutSpec:
+    return LayoutSpec(tuple(tuple((n, lay) for n, lay in st if n not in names) for st in layout.stages))
+
+
+def catalog() -> dict[str, Case]:
+    """Hand-picked Cases MindSpore accepts, one per layout kind / quirk (see the oracle's docstring)."""
+    m = MODEL
+    ma = _with_adam(MODEL)
+    dtypes = tuple(ParamSpec(f"p_{dt}", (8, 4), dt) for dt in DTYPES) + (
+        ParamSpec("learning_rate", (), "float32"), ParamSpec("global_step", (1,), "int32"))
+    multi = {"embedding.table": ((2, 1), (0,)), "layer0.weight": ((0,), (2, 1)), "layer0.bias": ((1, 0),),
+             "layer1.weight": ((2,), (-1,)), "head.weight": ((-1,), (0, 2))}
+    swap = ParamLayout((4, 2, 2), (0, 1), *opt_shard_fields((4, 2, 2), (0, 1), (16, 24)))
+    cases = {
+        "full_to_dp2mp2": Case(m, None, dp_mp(2, 2, m)),
+        "dp2mp2_to_full": Case(m, dp_mp(2, 2, m), None),
+        "dp2mp2_to_dp1mp4": Case(m, dp_mp(2, 2, m), dp_mp(1, 4, m)),
+        "dp2mp2_to_dp4mp2": Case(m, dp_mp(2, 2, m), dp_mp(4, 2, m)),
+        "dp4mp2_to_dp1mp2": Case(m, dp_mp(4, 2, m), dp_mp(1, 2, m)),
+        "dp1mp2_to_dp1mp1": Case(m, dp_mp(1, 2, m), dp_mp(1, 1, m)),
+        "full_to_dp1mp3": Case(m, None, dp_mp(1, 3, m)),
+        "dp1mp3_to_dp2mp3": Case(m, dp_mp(1, 3, m), dp_mp(2, 3, m)),
+        "dp2mp3_to_dp1mp2": Case(m, dp_mp(2, 3, m), dp_mp(1, 2, m)),
+        "full_to_opt_dp4mp2": Case(ma, None, dp_mp(4, 2, ma, opt_shard=True)),
+        "opt_dp4mp2_to_full": Case(ma, dp_mp(4, 2, ma, opt_shard=True), None),
+        "opt2_dp4mp2_to_opt_dp2mp2": Case(ma, dp_mp(4, 2, ma, opt_shard=2), dp_mp(2, 2, ma, opt_shard=True)),
+        "opt_dp8_replicated_size2": Case(m, with_layout(m, (2, 2, 2), {}, opt_shard=2), dp_mp(1, 2, m)),
+        "opt_swapped_axes": Case(m, None, LayoutSpec.single({"layer0.weight": swap})),
+        "full_to_multi_axis": Case(m, None, with_layout(m, (2, 2, 2), multi)),
+        "multi_axis_to_dp2mp2": Case(m, with_layout(m, (2, 2, 2), multi), dp_mp(2, 2, m)),
+        "multi_axis_opt_to_full": Case(ma, with_layout(ma, (2, 2, 2), {k: v for k, v in multi.items()
+                                                                         if k != "layer0.bias"}, opt_shard=True),
+                                       None),
+        "pp2_to_full": Case(ma, pipeline(2, 1, 2, ma), None),
+        "pp2_to_dp2mp2": Case(ma, pipeline(2, 2, 2, ma), dp_mp(2, 2, ma)),
+        "dp2mp2_to_pp2": Case(ma, dp_mp(2, 2, ma), pipeline(2, 2, 1, ma)),
+        "pp2_to_pp3": Case(ma, pipeline(2, 2, 2, ma), pipeline(3, 1, 2, ma)),
+        "pp2_shared_to_pp2_shared": Case(m, pipeline(2, 1, 2, m, shared=("embedding.table",)),
+                                         pipeline(2, 2, 1, m, shared=("embedding.table",)), distinct_extras=True),
+        "full_to_pp2_one_device_per_stage": Case(m, None, pipeline(2, 1, 1, m)),
+        "pp2_opt_to_dp2mp2": Case(ma, pipeline(2, 2, 2, ma, opt_shard=True), dp_mp(1, 4, ma)),
+        "pp2_stage1_part": Case(ma, pipeline(2, 1, 2, ma), dp_mp(2, 2, ma), src_stage=1, distinct_extras=True),
+        "pp3_stage2_part_shared": Case(m, pipeline(3, 1, 2, m, shared=("embedding.table",)), dp_mp(1, 4, m),
+                                       src_stage=2, distinct_extras=True),
+        "distinct_extras_dp2mp2_to_dp1mp2": Case(m, dp_mp(2, 2, m), dp_mp(1, 2, m), distinct_extras=True),
+        "distinct_extras_dp1mp2_to_dp4mp1": Case(m, dp_mp(1, 2, m), dp_mp(4, 1, m), distinct_extras=True),
+        "distinct_extras_pp2_to_full": Case(m, pipeline(2, 2, 1, m), None, distinct_extras=True),
+        "dtypes_full_to_dp2mp2": Case(dtypes, None, dp_mp(2, 2, dtypes)),
+        "dtypes_dp2mp2_to_dp1mp4": Case(dtypes, dp_mp(2, 2, dtypes), dp_mp(1, 4, dtypes)),
+        "json_dp2mp2_to_dp1mp4": Case(m, dp_mp(2, 2, m), dp_mp(1, 4, m), fmt="json"),
+        "json_pp2_to_full": Case(ma, pipeline(2, 1, 2, ma), None, fmt="json"),
+        "json_pp2_stage0_part": Case(ma, pipeline(2, 1, 2, ma), dp_mp(1, 2, ma), src_stage=0, fmt="json"),
+        "src_strategy_lacks_param": Case(m, _drop(dp_mp(2, 2, m), {"layer0.bias"}), dp_mp(1, 4, m),
+                                         distinct_extras=True),
+        "dst_strategy_lacks_param": Case(m, dp_mp(2, 2, m), _drop(dp_mp(1, 4, m), {"layer0.bias"})),
+    }
+    for label, c in cases.items():
+        object.__setattr__(c, "label", label)
+    return cases
+
+
+def rejected_catalog() -> dict[str, tuple[Case, str]]:
+    """Cases MindSpore 2.10 refuses, with a substring of its error (training can produce all but
+    full -> full)."""
+    m = MODEL
+    rep = ParamLayout((2, 3, 1), (-1, -1), *opt_shard_fields((2, 3, 1), (-1, -1), (16, 24), 2))
+    cases = {
+        "coprime_3_to_2": (Case(m, dp_mp(1, 3, m), dp_mp(1, 2, m)), "Cannot transform device_num from 3 to 2"),
+        "coprime_6_to_4": (Case(m, dp_mp(2, 3, m), dp_mp(2, 2, m)), "Cannot transform device_num from 6 to 4"),
+        "full_to_full": (Case(m, None, None), "None of the parameters in checkpoint file are in either"),
+        "opt_size_splits_axis_of_3": (Case(m, None, LayoutSpec.single({"layer0.weight": rep})),
+                                      "cannot be divided by needed opt sharding size 2"),
+        "pp_target_one_device_per_stage": (Case(m, dp_mp(2, 1, m), pipeline(2, 1, 1, m)),
+                                           "The checkpoint of rank 0 is missing"),
+        "pp3_target_one_device_per_stage": (Case(m, dp_mp(1, 2, m), pipeline(3, 1, 1, m)),
+                                            "Rank 2 is not in the current stage"),
+        "stage1_file_to_full": (Case(m, pipeline(2, 1, 2, m), None, src_stage=1),
+                                "None of the parameters in checkpoint file are in either"),
+    }
+    for label, (c, _) in cases.items():
+        object.__setattr__(c, "label", label)
+    return cases
