@@ -119,13 +119,18 @@ def warm(paths: list[str]) -> float:
 
 
 def compare_outputs(ref: str, out: str) -> dict:
-    """Every file of `ref` present in `out` with identical bytes, and nothing more."""
-    want, got = files_under(ref), files_under(out)
+    """Every checkpoint of `ref` present in `out` with identical bytes, and no other checkpoint there.
+
+    Files that are not `.ckpt` (mpitrans' `mpitrans_manifest.json`) are listed, not compared."""
+    want = {r: p for r, p in files_under(ref).items() if r.endswith(".ckpt")}
+    every = files_under(out)
+    got = {r: p for r, p in every.items() if r.endswith(".ckpt")}
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     differ = sorted(r for r in set(want) & set(got) if not filecmp.cmp(want[r], got[r], shallow=False))
     return {"identical": bool(want) and not (missing or extra or differ), "files": len(want),
-            "missing": missing, "extra": extra, "differ": differ}
+            "missing": missing, "extra": extra, "differ": differ,
+            "other_files": sorted(set(every) - set(got))}
 
 
 # ---------------------------------------------------------------------------------------------- runs

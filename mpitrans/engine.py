@@ -34,6 +34,7 @@ from mpitrans.schedule import Chunk, Piece, build_chunks
 from mpitrans.sources import discover_sources, rank_dirs_without_checkpoint
 from mpitrans.storage.ckpt import CheckpointWriter, index_checkpoint, itemsize_of, read_box_into
 from mpitrans.strategy.codec import strategy_from_bytes, strategy_to_bytes
+from mpitrans.strategy.layout_map import layout_map
 from mpitrans.strategy.merge import load_strategy
 from mpitrans.transport import Transport, make_transport
 
@@ -275,6 +276,8 @@ class _DiskWriter(threading.Thread):
                 if i not in opened:  # a target with no tensors still gets its (empty) file
                     self._finish(i, self._open(i))
         except BaseException as exc:  # reported by the main thread
+            if isinstance(exc, OSError) and current is not None:
+                exc = MpitransError(f"writing {current.path} failed: {exc.strerror or exc}")
             self.error = exc
             if current is not None:
                 current.abort()
@@ -511,7 +514,7 @@ class Job:
 
 
 def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
-            prefix: str) -> Job:
+            prefix: str, strict: bool = False) -> Job:
     """Phases 1-4, collective: strategies, inventories, metadata, plans; one agreed error on bad input."""
     # 1. Strategies: read (and merge) once on rank 0, broadcast as bytes.
     def load_both() -> bytes:
@@ -582,6 +585,29 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
         metas.update(_metas_from_json(blob))
 
     # 4. Plan every target (deterministic, identical on every rank) and check every byte has a reader.
+    def check_models_match() -> None:
+        """`strict`: the destination must describe the same model as the source checkpoints."""
+        if not strict or dst is None:
+            return
+        have = {m.name for ms in metas.values() for m in ms}
+        wanted = list(layout_map(dst))
+        absent = [n for n in wanted if n not in have]
+        if absent and len(absent) == len(wanted):
+            raise MpitransError(
+                f"the destination strategy and the source checkpoints describe different models: none of its "
+                f"{len(wanted)} parameters (e.g. {absent[0]!r}) is in the source checkpoints"
+            )
+        if absent:
+            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+            raise MpitransError(
+                f"parameter {absent[0]!r}{more} of the destination strategy is in no source checkpoint "
+                f"(MindSpore would silently leave it out of the targets)"
+            )
+        if src is not None and not set(layout_map(src)) & set(wanted):
+            raise MpitransError("the source and destination strategies share no parameter: different models?")
+
+    _agree(t, check_models_match)
+
     def make_plans():
         planner = Planner(src, dst, metas, prefix)
         targets = planner.target_ranks()
@@ -628,6 +654,7 @@ def transform(
     rank_table: str | None = None,
     overwrite: bool = True,
     resume: bool = False,
+    strict: bool = False,
 ) -> Summary:
     """Reshard `src_checkpoint` into `dst_checkpoint/rank_x/{prefix}x.ckpt`; collective over `comm`.
 
@@ -642,7 +669,7 @@ def transform(
     if placement is None:
         placement = _rank_table_placement(t, rank_table) if rank_table else round_robin_placement
 
-    job = prepare(t, src_checkpoint, src_strategy, dst_strategy, prefix)
+    job = prepare(t, src_checkpoint, src_strategy, dst_strategy, prefix, strict)
     plans, seers, visible, metas = job.plans, job.seers, job.visible, job.metas
     inventories, sizes = job.inventories, job.sizes
     where = _agree(t, lambda: placement(sorted(plans), t.size))

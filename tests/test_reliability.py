@@ -105,3 +105,35 @@ def test_bad_input_fails_cleanly_on_every_rank(example, tmp_path, problem):
         assert word in proc.stderr, proc.stderr
     assert proc.stderr.count("mpitrans: error") == 1, "reported once, by one rank"
     assert not _final_files(dst)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_disk_full_names_the_file_and_leaves_no_partial_file(example, tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mnt)], check=True)
+    try:
+        proc = mpirun(2, _args(example, mnt / "dst"), timeout=60)
+        assert proc.returncode != 0
+        assert "No space left on device" in proc.stderr and "checkpoint_" in proc.stderr
+        for f in _final_files(mnt / "dst"):  # whatever exists under a final name is complete
+            assert f.read_bytes() == (example / "expected" / f.relative_to(mnt / "dst")).read_bytes()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_destination_parameter_missing_from_source_is_an_error(example, tmp_path):
+    from mpitrans.strategy.codec import read_strategy, write_strategy
+
+    dst = read_strategy(str(example / "dst_strategy.ckpt"))
+    name, layout = dst.layouts[0]
+    dst.layouts.append(("model.extra_head.weight", layout))
+    write_strategy(dst, str(tmp_path / "dst_extra.ckpt"))
+    args = _args(example, tmp_path / "out")
+    args[args.index("--dst-strategy") + 1] = str(tmp_path / "dst_extra.ckpt")
+    proc = mpirun(2, args, timeout=60)
+    assert proc.returncode != 0
+    assert "model.extra_head.weight" in proc.stderr and "no source checkpoint" in proc.stderr
+    assert not _final_files(tmp_path / "out")

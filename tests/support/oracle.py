@@ -73,7 +73,9 @@ class CaseFiles:
     `expected_files` lists MindSpore's outputs relative to `expected_dir`; `error` is
     ``"ExceptionType: message"`` when MindSpore refused the transform (then there are no outputs).
     `rank_lists[r]` is `mindspore.rank_list_for_transform(r, src_strategy, dst_strategy)` for every
-    target rank (or the error string it raised).
+    target rank (or the error string it raised). `by_rank_dir/rank_r/checkpoint_r.ckpt` is what
+    `mindspore.transform_checkpoint_by_rank(r, {g: file of g for g in rank_lists[r]}, ...)` wrote, unless
+    `by_rank_errors[r]` says why it failed.
     """
 
     root: Path
@@ -88,6 +90,8 @@ class CaseFiles:
     expected_files: tuple[str, ...]
     error: str | None
     rank_lists: dict[int, list[int] | str]
+    by_rank_dir: Path
+    by_rank_errors: dict[int, str]
     build_seconds: float
 
     @classmethod
@@ -100,7 +104,8 @@ class CaseFiles:
         return cls(root, case, root / "full", root / meta["src_dir"], opt(meta["src_strategy"]),
                    opt(meta["src_stage_dir"]), opt(meta["dst_strategy"]), opt(meta["dst_stage_dir"]),
                    root / "expected", tuple(meta["expected_files"]), meta["error"],
-                   {int(k): v for k, v in meta["rank_lists"].items()}, meta["build_seconds"])
+                   {int(k): v for k, v in meta["rank_lists"].items()}, root / "by_rank",
+                   {int(k): v for k, v in meta["by_rank_errors"].items()}, meta["build_seconds"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -368,12 +373,27 @@ def _build_into(case: Case, root: Path) -> dict:
                                     for p in (root / "expected").rglob("*") if p.is_file())
     n_dst = case.dst.device_num if case.dst is not None else 1
     rank_lists: dict[str, list[int] | str] = {}
+    by_rank_errors: dict[str, str] = {}
+    src_files = {int(d.name.split("_")[1]): sorted(d.glob("*.ckpt"))[-1]
+                 for d in (root / meta["src_dir"]).glob("rank_*")}
     for r in range(n_dst):
         try:
-            rank_lists[str(r)] = [int(x) for x in ms.rank_list_for_transform(r, src_s, dst_s)]
+            needed = [int(x) for x in ms.rank_list_for_transform(r, src_s, dst_s)]
         except Exception as e:  # noqa: BLE001
-            rank_lists[str(r)] = _err(e)
+            rank_lists[str(r)] = by_rank_errors[str(r)] = _err(e)
+            continue
+        rank_lists[str(r)] = needed
+        # transform_checkpoint_by_rank, fed the way MindSpore's docstring does: the files of the rank list,
+        # in its (descending) order.
+        out = root / "by_rank" / f"rank_{r}" / f"{PREFIX}{r}.ckpt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            ms.transform_checkpoint_by_rank(r, {g: os.fspath(src_files[g]) for g in needed}, os.fspath(out),
+                                            src_s, dst_s)
+        except Exception as e:  # noqa: BLE001
+            by_rank_errors[str(r)] = _err(e)
     meta["rank_lists"] = rank_lists
+    meta["by_rank_errors"] = by_rank_errors
     meta["build_seconds"] = round(time.perf_counter() - t0, 3)
     meta["transform_seconds"] = round(t2 - t1, 3)
     return meta
@@ -438,10 +458,22 @@ def _run_workers(chunks: list[list[dict]], timeout: float) -> None:
             raise RuntimeError("oracle build failed:\n" + "\n".join(errors))
 
 
+def _sweep_stale(root: Path, age: float = 3600) -> None:
+    """Remove half-built entries left by killed workers (live builders finish well within `age`)."""
+    now = time.time()
+    for d in root.glob(".tmp-*"):
+        try:
+            if now - d.stat().st_mtime > age:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def build_cases(cases: Sequence[Case], jobs: int | None = None, timeout: float = 1800) -> list[CaseFiles]:
     """Build (or reuse from the cache) every case, spreading the missing ones over `jobs` worker
     processes (default: CPU count); returns their CaseFiles in order."""
     root = cache_root()
+    _sweep_stale(root)
     finals = [root / case_key(c) for c in cases]
     todo = []
     seen = set()
@@ -462,7 +494,8 @@ def build_case(case: Case, workdir: str | os.PathLike[str] | None = None) -> Cas
     if workdir is None:
         return files
     dest = Path(workdir)
-    shutil.copytree(files.root, dest, dirs_exist_ok=True)
+    # copyfile, not copy2: MindSpore leaves its checkpoints read-only (0o400); the copy should be writable.
+    shutil.copytree(files.root, dest, dirs_exist_ok=True, copy_function=shutil.copyfile)
     return CaseFiles.load(dest, case)
 
 
