@@ -29,7 +29,7 @@ import numpy as np
 from mpitrans import manifest
 from mpitrans.errors import MissingShardError, MpitransError
 from mpitrans.layout import box_shape
-from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta, rank_list_for_strategies
+from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta
 from mpitrans.schedule import Chunk, Piece, build_chunks
 from mpitrans.sources import discover_sources, rank_dirs_without_checkpoint
 from mpitrans.storage.ckpt import CheckpointWriter, index_checkpoint, itemsize_of, read_box_into
@@ -563,7 +563,7 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
             return set(range(first, first + shape_only.src_stage_devices))
         need: set[int] = set()
         for tr in shape_only.target_ranks():
-            need.update(rank_list_for_strategies(tr, src, dst))
+            need.update(shape_only.rank_list(tr) if src is not None else [0])
         return need
 
     needed = _agree(t, needed_sources)

@@ -140,8 +140,15 @@ class Planner:
     # -- MindSpore's needed-rank list --------------------------------------------------------------
 
     def rank_list(self, rank: int) -> list[int]:
-        """Exactly `mindspore.rank_list_for_transform(rank, src, dst)` for the strategies given."""
-        return rank_list_for_strategies(rank, self.src, self.dst)
+        """MindSpore's `rank_list_for_transform(rank, src, dst)`; where MindSpore cannot transform at all
+        (device counts that do not divide each other, e.g. 3 -> 2), every source rank, highest first:
+        mpitrans reshards those exactly, as MindSpore would through a full checkpoint."""
+        try:
+            return rank_list_for_strategies(rank, self.src, self.dst)
+        except LayoutError:
+            # Real shapes are checked when the tensors are planned; here only the list is unavailable.
+            n = self.src_stage_devices * self.src_stages
+            return list(range(n - 1, -1, -1))
 
     # -- plan ----------------------------------------------------------------------------------------
 
