@@ -38,8 +38,9 @@ def transform_checkpoints(
     """Reshard every target rank into `dst_checkpoints_dir/rank_x/{ckpt_prefix}x.ckpt` in this process."""
     if not os.path.isdir(src_checkpoints_dir):
         raise MpitransError(f"src_checkpoints_dir {src_checkpoints_dir} is not a directory")
+    # Exactly MindSpore's outputs: no manifest beside them.
     return transform(src_checkpoints_dir, dst_checkpoints_dir, src_strategy_file, dst_strategy_file,
-                     prefix=ckpt_prefix, comm=LocalTransport())
+                     prefix=ckpt_prefix, comm=LocalTransport(), write_manifest=False)
 
 
 def rank_list_for_transform(

@@ -655,6 +655,7 @@ def transform(
     overwrite: bool = True,
     resume: bool = False,
     strict: bool = False,
+    write_manifest: bool = True,
 ) -> Summary:
     """Reshard `src_checkpoint` into `dst_checkpoint/rank_x/{prefix}x.ckpt`; collective over `comm`.
 
@@ -729,9 +730,9 @@ def transform(
     files_all: dict[int, dict] = {}
     for blob in t.allgather_bytes(json.dumps(mine).encode()):
         files_all.update({int(k): v for k, v in json.loads(blob).items()})
-    if any(r == t.rank for r in where.values()) or t.rank == 0:
+    if write_manifest and (any(r == t.rank for r in where.values()) or t.rank == 0):
         manifest.write(dst_checkpoint, manifest.build(identity, files_all))
-        manifest.clear_progress(dst_checkpoint, [tr for tr, r in where.items() if r == t.rank])
+    manifest.clear_progress(dst_checkpoint, [tr for tr, r in where.items() if r == t.rank])
 
     all_stats = [RankStats(**json.loads(b)) for b in t.allgather_bytes(json.dumps(asdict(stats)).encode())]
     paths = {tr: os.path.join(os.path.abspath(dst_checkpoint), f"rank_{tr}", plans[tr].filename) for tr in plans}

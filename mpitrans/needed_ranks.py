@@ -90,22 +90,61 @@ def _axis_at(atoms: Sequence[tuple[int, int]], cuts: Sequence[int]) -> dict[int,
     return out
 
 
-def gathered_axes(src: FlatLayout, dst: FlatLayout) -> tuple[list[int], set[int]]:
-    """The common device refinement (strides) and the strides MindSpore all-gathers over."""
+def _unified(src: FlatLayout, dst: FlatLayout) -> tuple[int, list[int], list[int]]:
     n = max(src.device_num, dst.device_num)
     if n % src.device_num or n % dst.device_num:
         raise LayoutError(f"MindSpore cannot transform between {src.device_num} and {dst.device_num} devices")
     dev_src = [n // src.device_num, *src.dev_matrix] if n > src.device_num else list(src.dev_matrix)
     dev_dst = [n // dst.device_num, *dst.dev_matrix] if n > dst.device_num else list(dst.dev_matrix)
-    axes = _Axes(dev_src, dev_dst)
+    return n, dev_src, dev_dst
+
+
+def gathered_axes(src: FlatLayout, dst: FlatLayout) -> tuple[list[int], set[int]]:
+    """The axes of the device space (as cuts) and the strides MindSpore all-gathers over."""
+    _, dev_src, dev_dst = _unified(src, dst)
+    try:
+        axes = _Axes(dev_src, dev_dst)
+        gathered: set[int] = set()
+        for a_src, a_dst in zip(_atoms(src, dev_src, axes), _atoms(dst, dev_dst, axes), strict=True):
+            cuts = _refine(_suffix_cuts([s for s, _ in a_src]), _suffix_cuts([s for s, _ in a_dst]),
+                           "tensor shapes")
+            at_src, at_dst = _axis_at(a_src, cuts), _axis_at(a_dst, cuts)
+            for c, stride in at_src.items():
+                if stride and at_dst.get(c, 0) != stride:
+                    gathered.add(stride)
+        return axes.cuts, gathered
+    except LayoutError:
+        return _coarse_gathered_axes(src, dst, dev_src, dev_dst)
+
+
+def _coarse_gathered_axes(src, dst, dev_src, dev_dst) -> tuple[list[int], set[int]]:
+    """When the two layouts have no common refinement (e.g. device matrices (2, 3) and (3, 2)),
+    MindSpore's all-gathers cover whole source axes: along each tensor dimension, source axes are kept
+    while both sides split it identically (same axis size and stride), and gathered from the first
+    difference on."""
+    def own_axes(dev: list[int]):
+        cuts = _suffix_cuts(dev)  # cuts[i] is the stride of the axis i positions from the right
+        return cuts
+
+    def atoms(flat: FlatLayout, dev: list[int]) -> list[list[tuple[int, int]]]:
+        strides = own_axes(dev)
+        out, pos = [], 0
+        for g in flat.groups:
+            dim: list[tuple[int, int]] = []
+            for size, axis in zip(flat.shape[pos:pos + g], flat.tensor_map[pos:pos + g], strict=True):
+                if axis != -1 and dev[len(dev) - 1 - axis] > 1:
+                    dim.append((dev[len(dev) - 1 - axis], strides[axis]))
+            out.append(dim)
+            pos += g
+        return out
+
     gathered: set[int] = set()
-    for a_src, a_dst in zip(_atoms(src, dev_src, axes), _atoms(dst, dev_dst, axes), strict=True):
-        cuts = _refine(_suffix_cuts([s for s, _ in a_src]), _suffix_cuts([s for s, _ in a_dst]), "tensor shapes")
-        at_src, at_dst = _axis_at(a_src, cuts), _axis_at(a_dst, cuts)
-        for c, stride in at_src.items():
-            if stride and at_dst.get(c, 0) != stride:
-                gathered.add(stride)
-    return axes.cuts, gathered
+    for a_src, a_dst in zip(atoms(src, dev_src), atoms(dst, dev_dst), strict=True):
+        same = 0
+        while same < min(len(a_src), len(a_dst)) and a_src[same] == a_dst[same]:
+            same += 1
+        gathered.update(stride for _, stride in a_src[same:])
+    return _suffix_cuts(dev_src), gathered
 
 
 def needed_source_ranks(local_rank: int, src: FlatLayout, dst: FlatLayout) -> set[int]:

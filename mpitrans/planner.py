@@ -81,6 +81,20 @@ def _local_src_groups(flat, nranks: int, target_box: Box) -> list[tuple[Box, Box
     return out
 
 
+def _stage_layouts(strategy: StrategyFile) -> dict[tuple[int, str], tuple]:
+    """(stage, parameter) -> a comparable form of that stage's own layout of it."""
+    out: dict[tuple[int, str], tuple] = {}
+    for full_name, raw in strategy.layouts:
+        stage, _, name = full_name.rpartition("-")
+        try:
+            st = int(stage) if stage else 0
+        except ValueError:
+            continue
+        out.setdefault((st, name), (raw.dev_matrix, raw.tensor_map, raw.opt_weight_shard_step,
+                                    raw.opt_weight_shard_size))
+    return out
+
+
 def _device_count(lmap: Mapping[str, ParamLayout] | None) -> int:
     if not lmap:
         return 1
@@ -116,6 +130,7 @@ class Planner:
         self.src_stages = pipeline_stage_num(src) if src is not None else 1
         self.dst_stages = pipeline_stage_num(dst) if dst is not None else 1
         self.by_stage = self._is_single_stage_source()
+        self._stage_layout = _stage_layouts(src) if src is not None else {}
 
     # -- which targets exist -------------------------------------------------------------------------
 
@@ -172,13 +187,18 @@ class Planner:
         seen: set[str] = set()
         first_shape: dict[str, tuple[int, ...]] = {}
         chosen: dict[tuple[str, int], int] = {}
+        first_local: dict[str, int] = {}
         for g in needed:
             for meta in self.metas.get(g, ()):
                 if meta.name not in seen:
                     seen.add(meta.name)
                     order.append(meta.name)
-                    first_shape[meta.name] = meta.shape
+                    first_local[meta.name] = g % self.src_stage_devices
                 chosen[(meta.name, g % self.src_stage_devices)] = g
+        # MindSpore infers the full shape from the shard stored under the first local rank it saw, whose
+        # value the lowest rank loaded later overwrote: take the shape from that file.
+        for name, loc in first_local.items():
+            first_shape[name] = self._by_name[chosen[(name, loc)]][name].shape
         order = [
             n for n in order
             if not (_not_in_local_stage(n, self.origin_src, src_map)
@@ -206,11 +226,18 @@ class Planner:
         return self._build(rank, rank, order, first_shape, chosen, src_map, dst_map)
 
     def _candidates(self, name: str, local: int, preferred: int | None) -> tuple[int, ...]:
-        """Global source ranks whose file holds `name` as local rank `local`, MindSpore's choice first."""
+        """Global source ranks whose file holds `name` as local rank `local`, MindSpore's choice first.
+
+        A parameter shared by pipeline stages may be laid out differently in each; only stages whose
+        layout equals the preferred file's stage layout hold the same bytes."""
         out = [preferred] if preferred is not None else []
+        want = self._stage_layout.get((preferred // self.src_stage_devices, name)) if preferred is not None else None
         for g in sorted(self.metas):
-            if g % self.src_stage_devices == local and g != preferred and name in self._by_name[g]:
-                out.append(g)
+            if g % self.src_stage_devices != local or g == preferred or name not in self._by_name[g]:
+                continue
+            if want is not None and self._stage_layout.get((g // self.src_stage_devices, name)) != want:
+                continue
+            out.append(g)
         return tuple(out)
 
     def _build(self, rank, local, order, first_shape, chosen, src_map, dst_map) -> TargetPlan:

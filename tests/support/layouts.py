@@ -131,7 +131,8 @@ class ParamLayout:
         if self.opt_shard_size:
             k = self.resolved_opt_size()
             if not shape or k < 1 or self.replica_count() % k or (shape[0] // self.strategy[0]) % k:
-                raise ValueError(f"optimizer sharding {self.opt_shard_size} does not fit {tuple(shape)} ({self})")
+                raise ValueError(f"optimizer sharding {self.opt_shard_size} does not fit {tuple(shape)} "
+                                 f"({self})")
 
     def to_strategy_spec(self) -> dict:
         """The dict `tests.support.strategies.write_strategy_file` takes."""
@@ -198,6 +199,26 @@ def opt_shard_transformable(dev_matrix: Sequence[int], tensor_map: Sequence[Tens
         if remaining == 1:
             break
     return True
+
+
+def mindspore_misplaces(layout: ParamLayout) -> bool:
+    """Whether MindSpore 2.10's transformer assigns this layout's slices to other ranks than training does.
+
+    It happens on the "simple path" of `_construct_tensor_layout_for_opt_shard` (optimizer-sharded, flat
+    tensor map, and the only replica axis is the first device axis, or every axis is a replica): the
+    device matrix is rebuilt from the tensor strategy in tensor-dimension order, which is only right when
+    the split axes (of size > 1) decrease along the tensor, e.g. dev (4, 2, 2) with tensor map (0, 1)
+    goes wrong. Outputs are still self-consistent (a round trip through MindSpore is exact).
+    """
+    if not layout.opt_shard_step or not layout.opt_shard_size or layout.multi_axis:
+        return False
+    dm = layout.dev_matrix
+    used = {len(dm) - 1 - a for a in layout.used_axes()}
+    repeated = [i for i, v in enumerate(dm) if i not in used and v > 1]
+    if not repeated or (1 < len(repeated) < len(dm)) or repeated[0] > 0:
+        return False
+    split = [a for a in layout.tensor_map if isinstance(a, int) and a != -1 and _axis_size(dm, a) > 1]
+    return any(x <= y for x, y in zip(split, split[1:], strict=False))
 
 
 @dataclass(frozen=True)
@@ -297,8 +318,12 @@ class Case:
         def side(s: LayoutSpec | None) -> list | None:
             if s is None:
                 return None
-            return [[[n, list(lay.dev_matrix), [list(e) if isinstance(e, tuple) else e for e in lay.tensor_map],
-                      lay.opt_shard_step, lay.opt_shard_size] for n, lay in st] for st in s.stages]
+
+            def tmap(lay: ParamLayout) -> list:
+                return [list(e) if isinstance(e, tuple) else e for e in lay.tensor_map]
+
+            return [[[n, list(lay.dev_matrix), tmap(lay), lay.opt_shard_step, lay.opt_shard_size]
+                     for n, lay in st] for st in s.stages]
 
         return {"params": [[p.name, list(p.shape), p.dtype] for p in self.params], "src": side(self.src),
                 "dst": side(self.dst), "seed": self.seed, "src_stage": self.src_stage,
@@ -309,9 +334,12 @@ class Case:
         def side(s: list | None) -> LayoutSpec | None:
             if s is None:
                 return None
-            return LayoutSpec(tuple(tuple((n, ParamLayout(tuple(dm), tuple(tuple(e) if isinstance(e, list) else e
-                                                                             for e in tm), step, size))
-                                          for n, dm, tm, step, size in st) for st in s))
+
+            def lay(dm: list, tm: list, step: int, size: int) -> ParamLayout:
+                tmap = tuple(tuple(e) if isinstance(e, list) else e for e in tm)
+                return ParamLayout(tuple(dm), tmap, step, size)
+
+            return LayoutSpec(tuple(tuple((e[0], lay(*e[1:])) for e in st) for st in s))
 
         return cls(tuple(ParamSpec(n, tuple(sh), dt) for n, sh, dt in d["params"]), side(d["src"]),
                    side(d["dst"]), d["seed"], d["src_stage"], d["distinct_extras"], d["fmt"], label)
@@ -340,9 +368,10 @@ def model_params(names_shapes: Sequence[tuple[str, Sequence[int]]], dtype: str =
     """Parameters, optionally followed by their `adam_m.`/`adam_v.` states and strategy-less extras."""
     out = [ParamSpec(n, tuple(s), dtype) for n, s in names_shapes]
     if adam:
-        out += [ParamSpec(f"{pre}{n}", tuple(s), "float32") for pre in ("adam_m.", "adam_v.") for n, s in names_shapes]
-    out += [ParamSpec(n, (1,), "int32" if n in ("global_step", "current_iterator_step", "epoch_num") else "float32")
-            for n in extras]
+        out += [ParamSpec(f"{pre}{n}", tuple(s), "float32")
+                for pre in ("adam_m.", "adam_v.") for n, s in names_shapes]
+    ints = ("global_step", "current_iterator_step", "epoch_num")
+    out += [ParamSpec(n, (1,), "int32" if n in ints else "float32") for n in extras]
     return tuple(out)
 
 
@@ -351,7 +380,8 @@ def split_map(shape: Sequence[int], dev_matrix: Sequence[int], prefer: int = 0) 
     device matrix's last axis (axis 0) if it divides, and leaves the rest replicated."""
     tmap = [-1] * len(shape)
     mp = dev_matrix[-1]
-    order = [prefer % len(shape)] + [i for i in range(len(shape)) if i != prefer % len(shape)] if shape else []
+    first = prefer % len(shape) if shape else 0
+    order = [first] + [i for i in range(len(shape)) if i != first] if shape else []
     if mp > 1:
         for d in order:
             if shape[d] % mp == 0:
@@ -391,7 +421,8 @@ def dp_mp(dp: int, mp: int, params: Iterable[ParamSpec], opt_shard: bool | int =
 
 
 def with_layout(params: Iterable[ParamSpec], dev_matrix: Sequence[int],
-                tensor_maps: Mapping[str, Sequence[TensorMapEntry]], opt_shard: bool | int = False) -> LayoutSpec:
+                tensor_maps: Mapping[str, Sequence[TensorMapEntry]],
+                opt_shard: bool | int = False) -> LayoutSpec:
     """Explicit tensor maps by base parameter name (replicated where missing), one device matrix."""
     params = list(params)
     size = -1 if opt_shard is True else int(opt_shard)
@@ -405,7 +436,8 @@ def with_layout(params: Iterable[ParamSpec], dev_matrix: Sequence[int],
     return LayoutSpec.single(_layouts_for(params, make))
 
 
-def assign_stages(params: Iterable[ParamSpec], num_stages: int, shared: Sequence[str] = ()) -> list[list[str]]:
+def assign_stages(params: Iterable[ParamSpec], num_stages: int,
+                  shared: Sequence[str] = ()) -> list[list[str]]:
     """Contiguous stage assignment of the base parameters (states follow them); `shared` base names are
     also placed in the last stage, the way a tied embedding lives in the first and last stage."""
     params = [p for p in params if p.name not in EXTRA_NAMES]
@@ -429,7 +461,8 @@ def pipeline(num_stages: int, dp: int, mp: int, params: Iterable[ParamSpec], opt
     """`num_stages` stages of dp x mp devices each, parameters assigned contiguously (`assign_stages`)."""
     params = list(params)
     flat = dp_mp(dp, mp, params, opt_shard).stage_layouts(0)
-    return LayoutSpec.pipeline([{n: flat[n] for n in names} for names in assign_stages(params, num_stages, shared)])
+    stages = assign_stages(params, num_stages, shared)
+    return LayoutSpec.pipeline([{n: flat[n] for n in names} for names in stages])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -519,7 +552,8 @@ def random_params(rng: random.Random) -> tuple[ParamSpec, ...]:
     out = list(base)
     if rng.random() < 0.6:
         for pre in ("adam_m.", "adam_v."):
-            out += [ParamSpec(pre + p.name, p.shape, "float32") for p in base if p.dtype.startswith(("float", "bf"))]
+            out += [ParamSpec(pre + p.name, p.shape, "float32")
+                    for p in base if p.dtype.startswith(("float", "bf"))]
     extras = rng.sample(EXTRA_NAMES, rng.randint(0, 3))
     for e in extras:
         dtype = "int32" if e in ("global_step", "current_iterator_step", "epoch_num") else "float32"
@@ -579,7 +613,8 @@ def random_case(seed: int) -> Case:
     src = _random_side(rng, params, *src_shape, multi, opt()) if src_shape else None
     dst = _random_side(rng, params, *dst_shape, multi, opt()) if dst_shape else None
     src_stage = None
-    if src is not None and src.num_stages > 1 and dst is not None and dst.num_stages == 1 and rng.random() < 0.4:
+    pp_to_flat = src is not None and src.num_stages > 1 and dst is not None and dst.num_stages == 1
+    if pp_to_flat and rng.random() < 0.4:
         stage = rng.randrange(src.num_stages)
         if len(_model_keys(src.stage_layouts(stage))) < len(_model_keys(dst.names())):
             src_stage = stage
@@ -611,10 +646,12 @@ def catalog() -> dict[str, Case]:
     """Hand-picked Cases MindSpore accepts, one per layout kind / quirk (see the oracle's docstring)."""
     m = MODEL
     ma = _with_adam(MODEL)
+    tied = ("embedding.table",)
     dtypes = tuple(ParamSpec(f"p_{dt}", (8, 4), dt) for dt in DTYPES) + (
         ParamSpec("learning_rate", (), "float32"), ParamSpec("global_step", (1,), "int32"))
     multi = {"embedding.table": ((2, 1), (0,)), "layer0.weight": ((0,), (2, 1)), "layer0.bias": ((1, 0),),
              "layer1.weight": ((2,), (-1,)), "head.weight": ((-1,), (0, 2))}
+    multi_no_bias = {k: v for k, v in multi.items() if k != "layer0.bias"}
     swap = ParamLayout((4, 2, 2), (0, 1), *opt_shard_fields((4, 2, 2), (0, 1), (16, 24)))
     cases = {
         "full_to_dp2mp2": Case(m, None, dp_mp(2, 2, m)),
@@ -633,25 +670,25 @@ def catalog() -> dict[str, Case]:
         "opt_swapped_axes": Case(m, None, LayoutSpec.single({"layer0.weight": swap})),
         "full_to_multi_axis": Case(m, None, with_layout(m, (2, 2, 2), multi)),
         "multi_axis_to_dp2mp2": Case(m, with_layout(m, (2, 2, 2), multi), dp_mp(2, 2, m)),
-        "multi_axis_opt_to_full": Case(ma, with_layout(ma, (2, 2, 2), {k: v for k, v in multi.items()
-                                                                         if k != "layer0.bias"}, opt_shard=True),
-                                       None),
+        "multi_axis_opt_to_full": Case(ma, with_layout(ma, (2, 2, 2), multi_no_bias, opt_shard=True), None),
         "pp2_to_full": Case(ma, pipeline(2, 1, 2, ma), None),
         "pp2_to_dp2mp2": Case(ma, pipeline(2, 2, 2, ma), dp_mp(2, 2, ma)),
         "dp2mp2_to_pp2": Case(ma, dp_mp(2, 2, ma), pipeline(2, 2, 1, ma)),
         "pp2_to_pp3": Case(ma, pipeline(2, 2, 2, ma), pipeline(3, 1, 2, ma)),
-        "pp2_shared_to_pp2_shared": Case(m, pipeline(2, 1, 2, m, shared=("embedding.table",)),
-                                         pipeline(2, 2, 1, m, shared=("embedding.table",)), distinct_extras=True),
+        "pp2_shared_to_pp2_shared": Case(m, pipeline(2, 1, 2, m, shared=tied),
+                                         pipeline(2, 2, 1, m, shared=tied), distinct_extras=True),
         "full_to_pp2_one_device_per_stage": Case(m, None, pipeline(2, 1, 1, m)),
         "pp2_opt_to_dp2mp2": Case(ma, pipeline(2, 2, 2, ma, opt_shard=True), dp_mp(1, 4, ma)),
-        "pp2_stage1_part": Case(ma, pipeline(2, 1, 2, ma), dp_mp(2, 2, ma), src_stage=1, distinct_extras=True),
-        "pp3_stage2_part_shared": Case(m, pipeline(3, 1, 2, m, shared=("embedding.table",)), dp_mp(1, 4, m),
+        "pp2_stage1_part": Case(ma, pipeline(2, 1, 2, ma), dp_mp(2, 2, ma), src_stage=1,
+                                distinct_extras=True),
+        "pp3_stage2_part_shared": Case(m, pipeline(3, 1, 2, m, shared=tied), dp_mp(1, 4, m),
                                        src_stage=2, distinct_extras=True),
         "distinct_extras_dp2mp2_to_dp1mp2": Case(m, dp_mp(2, 2, m), dp_mp(1, 2, m), distinct_extras=True),
         "distinct_extras_dp1mp2_to_dp4mp1": Case(m, dp_mp(1, 2, m), dp_mp(4, 1, m), distinct_extras=True),
         "distinct_extras_pp2_to_full": Case(m, pipeline(2, 2, 1, m), None, distinct_extras=True),
         "dtypes_full_to_dp2mp2": Case(dtypes, None, dp_mp(2, 2, dtypes)),
         "dtypes_dp2mp2_to_dp1mp4": Case(dtypes, dp_mp(2, 2, dtypes), dp_mp(1, 4, dtypes)),
+        "dtypes_opt_dp2mp2_to_full": Case(dtypes, dp_mp(2, 2, dtypes, opt_shard=True), None),
         "json_dp2mp2_to_dp1mp4": Case(m, dp_mp(2, 2, m), dp_mp(1, 4, m), fmt="json"),
         "json_pp2_to_full": Case(ma, pipeline(2, 1, 2, ma), None, fmt="json"),
         "json_pp2_stage0_part": Case(ma, pipeline(2, 1, 2, ma), dp_mp(1, 2, ma), src_stage=0, fmt="json"),
@@ -670,8 +707,10 @@ def rejected_catalog() -> dict[str, tuple[Case, str]]:
     m = MODEL
     rep = ParamLayout((2, 3, 1), (-1, -1), *opt_shard_fields((2, 3, 1), (-1, -1), (16, 24), 2))
     cases = {
-        "coprime_3_to_2": (Case(m, dp_mp(1, 3, m), dp_mp(1, 2, m)), "Cannot transform device_num from 3 to 2"),
-        "coprime_6_to_4": (Case(m, dp_mp(2, 3, m), dp_mp(2, 2, m)), "Cannot transform device_num from 6 to 4"),
+        "coprime_3_to_2": (Case(m, dp_mp(1, 3, m), dp_mp(1, 2, m)),
+                           "Cannot transform device_num from 3 to 2"),
+        "coprime_6_to_4": (Case(m, dp_mp(2, 3, m), dp_mp(2, 2, m)),
+                           "Cannot transform device_num from 6 to 4"),
         "full_to_full": (Case(m, None, None), "None of the parameters in checkpoint file are in either"),
         "opt_size_splits_axis_of_3": (Case(m, None, LayoutSpec.single({"layer0.weight": rep})),
                                       "cannot be divided by needed opt sharding size 2"),

@@ -35,3 +35,10 @@ def mpirun(n: int, args: Sequence[str], *, mca: Sequence[str] = (), wrapper: Seq
         cmd += ["--mca", mca[i], mca[i + 1]]
     cmd += [*wrapper, sys.executable, "-m", "mpitrans", *args]
     return subprocess.run(cmd, env=mpi_env(env), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def mpirun_script(n: int, argv: Sequence[str], *, env: dict[str, str] | None = None,
+                  timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `python ARGV` (a script and its arguments) on `n` processes."""
+    cmd = [str(MPIRUN), "-n", str(n), "--oversubscribe", sys.executable, *argv]
+    return subprocess.run(cmd, env=mpi_env(env), capture_output=True, text=True, timeout=timeout, cwd=REPO)

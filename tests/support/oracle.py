@@ -1,10 +1,113 @@
 """MindSpore as the byte-for-byte reference for every resharding path of mpitrans.
 
-QUIRKS_PLACEHOLDER
+`build_case(case)` / `build_cases(cases)` turn a `tests.support.layouts.Case` into files: the full
+checkpoint (`mindspore.save_checkpoint`), the strategy files (via `tests.support.strategies`, merged by
+`mindspore.merge_pipeline_strategys` for a pipeline side), the source shards (MindSpore's own split of
+the full checkpoint), and MindSpore's answer: `transform_checkpoints(src -> dst, "checkpoint_")` into
+`expected/`, `rank_list_for_transform` for every target rank and `transform_checkpoint_by_rank` outputs.
+MindSpore runs in worker subprocesses (GLOG_v=3, one per CPU); results are cached under
+`$MPITRANS_ORACLE_CACHE` (default `<repo>/.pytest_cache/oracle`), keyed by the case, the MindSpore
+version and `ORACLE_FORMAT`, built in a temp dir and renamed into place so racing pytest processes are
+safe. `assert_same_tree(expected, actual)` compares trees byte for byte and names the first differing
+parameter. Cost on the 2-core dev box: ~4 s to import MindSpore per worker, then 0.1-3 s per case
+(median 0.4 s); 40 random cases take ~25 s cold, 0.1 s cached.
+
+What MindSpore 2.10's `transform_checkpoints` does (checkpoint format, "ckpt" in and out); each point
+is pinned by `test_oracle_selfcheck.py` or was established with the cases in `layouts.catalog()` /
+`layouts.rejected_catalog()` and 300+ random cases checked against a naive reading of the layouts.
+
+Files
+- Output: `dst/rank_{r}/{prefix}{r}.ckpt` for every target rank r (global rank for a pipeline target,
+  `r = stage * devices_per_stage + local`). Single-stage path (below): `dst/rank_{l}/{prefix}{l}_part{s}.ckpt`
+  for the target's local ranks l only. Files are mode 0o400, created directories 0o700.
+- A file is a concatenation of one-record `Checkpoint` messages: Value{tag, TensorProto{dims as unpacked
+  varint fields (proto2; none for a 0-d tensor), tensor_type ("Float32", "BFloat16", ...), raw bytes}}.
+  Nothing else: no CRC (crc_check defaults to False), no metadata, no header. A record over 512 MiB is
+  split into several records of the same name (not exercised here). requires_grad/layerwise_parallel are
+  not stored, so they cannot affect bytes.
+- Source: `src/rank_<digits>/*.ckpt`; with several files in a rank directory the lexicographically last is
+  used; other entries are ignored.
+
+Parameter order in an output file
+- Names in first-seen order over the source files MindSpore loaded, in load order. The normal path loads
+  the target rank's `rank_list_for_transform` list, i.e. in DESCENDING rank order, so for a pipeline
+  source the last stage's parameters come first; the single-stage path loads the stage's ranks ascending.
+- Within that order, the parameters it transformed (named by the source strategy if given AND by the
+  target stage's strategy if given) come first; everything else - strategy-less extras (global_step,
+  learning_rate, ...) and names only one strategy knows - follows, so extras interleaved in the source
+  move to the end. Names of other target pipeline stages are dropped; strategy-less names go to every
+  stage's files.
+
+Where untransformed parameters come from
+- Copied unchanged from ONE source rank: with M source devices per stage and target local rank l, the
+  lowest-numbered loaded rank g with g % M == l % M (a later-loaded, lower rank overwrites; for a
+  pipeline source that is the lowest stage holding it); single-stage path: rank s * M + l % M. That
+  rank is always among the loaded ones (the rank list contains l % M for every transformed parameter),
+  so extras never crash MindSpore by themselves.
+- A name the TARGET strategy lacks but the source strategy shards is copied as the raw source SHARD of
+  that rank (its source shape). A name the SOURCE strategy lacks is copied as stored (whole).
+
+Dtypes
+- float32, float16, bfloat16, int32, int8, int64, float64, bool, uint8 all come out bit-exact. bfloat16
+  goes through float32 and back, which is lossless; nothing else is converted.
+
+Layouts accepted (output equal to the naive reading of the target layout unless noted)
+- dp/mp device matrices of any order, size-1 axes, 3- and 6-device stages; any pair of stage device
+  counts where one divides the other (3 -> 6, 6 -> 2, 8 -> 1, full -> 3 ...).
+- Optimizer sharding: opt_weight_shard_size -1 or k, with the step MindSpore's training writes
+  (`layouts.opt_shard_fields`), on either side.
+- Multi-axis tensor maps (several TensorMap messages; one dimension split by several device axes,
+  most significant axis first), with or without optimizer sharding.
+- Pipeline source (merged strategy), pipeline target (merged strategy), both, different stage counts,
+  parameters shared by two stages (the source reads the lowest stage's layout and, the lowest loaded
+  rank winning, that stage's data; a target rank of stage 0 takes stage 0's entry, a rank of another
+  stage the LAST entry with a stage > 0 in merged-file order - `merge_pipeline_strategys` merges in
+  `glob` order - which is its own stage's when only stage 0 and one other share the name).
+- Full source (no src strategy; `rank_list_for_transform` is then `[0]`) and full target.
+- JSON strategies (flat tensor maps only); outputs identical to the protobuf ones.
+- Single-stage path (`_transform_checkpoint_by_stage`): taken whenever both strategies are given, neither
+  has "{stage}-" prefixes, and the source's non-optimizer names (not starting with accu_grads/adam_v/
+  adam_m) are a strict subset of the target's - i.e. one stage's own strategy file as source and a
+  whole-model target, but also a plain source strategy that merely lacks a name (then `_part0`). The
+  stage comes from the file's first strategy item; only that stage's source ranks are read.
+
+Rejected (error, no output; training can produce all of these but the first)
+- full -> full: "None of the parameters in checkpoint file are in either src strategy or dst strategy"
+  (every parameter is dropped as "not in the local stage").
+- Stage device counts neither dividing the other (3 -> 2, 6 -> 4): "Cannot transform device_num from
+  M to N", even when every parameter is replicated.
+- Optimizer sharding that needs part of a replica axis not divisible by it, e.g. size 2 over replica
+  axes (2, 3): "dev_matrix value 3 at dim 1 cannot be divided by needed opt sharding size 2"
+  (`layouts.opt_shard_transformable` restates the rule).
+- Pipeline target with ONE device per stage from a sharded source: `rank_list_for_transform` uses the
+  global rank as the local one, so either "The checkpoint of rank 0 is missing." or the C++ error
+  "Rank 2 is not in the current stage!" (works from a full source, or by luck when the list happens to
+  contain rank 0).
+- A single non-zero stage's file as source with no target strategy: it is read as stage 0's ranks, finds
+  none of its names there: "None of the parameters ...". (Stage 0's file works.)
+- Parameter names containing "-" in a strategy: "invalid literal for int()" / "too many values to unpack"
+  (the "-" is taken as the pipeline-stage separator).
+
+Gets wrong (self-consistent, but disagrees with what the layout means to training)
+- Optimizer-sharded layouts on MindSpore's "simple path" (the only replica axis is the first device axis,
+  or every axis is a replica axis) whose split axes are not in decreasing order along the tensor
+  (e.g. dev (4, 2, 2), tensor map (0, 1)): it rebuilds the device matrix from the tensor strategy in
+  tensor-dimension order and assigns the model-parallel slices to the wrong ranks (case
+  `opt_swapped_axes`; `layouts.mindspore_misplaces` is the exact predicate, checked on 70 targeted
+  layouts). It reads a SOURCE in such a layout the same wrong way: shards it made itself (as here) come
+  back right, a real training checkpoint would not; only a TARGET layout shows it in these cases.
+- The raw-shard copy for names the target strategy lacks (above).
+
+`rank_list_for_transform(r, src, dst)`: sorted DESCENDING, without duplicates, elements numpy.int64
+(plain `[0]` when src is None); the union over the source stages holding the target stage's
+parameters, of stage start + the local ranks its all-gathers touch. `transform_checkpoint_by_rank`, fed
+those files in that order, writes exactly the `transform_checkpoints` file for every normal-path case.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -21,12 +124,13 @@ from pathlib import Path
 from tests.support.layouts import Case, LayoutSpec, ParamSpec
 
 __all__ = [
-    "CaseFiles", "assert_same_tree", "build_case", "build_cases", "cache_root", "make_full_checkpoint",
-    "mindspore_version", "read_checkpoint", "write_layout_strategy",
+    "PREFIX", "CaseFiles", "Record", "assert_same_tree", "build_case", "build_cases", "cache_root",
+    "case_key", "extras_of", "make_full_checkpoint", "mindspore_version", "read_checkpoint",
+    "write_layout_strategy",
 ]
 
 # Bump when the files a case produces change meaning, so stale cache entries are ignored.
-ORACLE_FORMAT = 1
+ORACLE_FORMAT = 2
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "checkpoint_"
 # Quiet MindSpore: GLOG_v=3 keeps only errors; one thread each since we run several workers at once.
@@ -34,6 +138,7 @@ QUIET_ENV = {"GLOG_v": "3", "GLOG_logtostderr": "1", "OMP_NUM_THREADS": "1", "MS
              "PYTHONWARNINGS": "ignore"}
 
 
+@functools.cache
 def mindspore_version() -> str:
     """Installed MindSpore version, read from package metadata so that mindspore is not imported."""
     from importlib.metadata import version
@@ -56,9 +161,8 @@ def cache_root() -> Path:
 
 def case_key(case: Case) -> str:
     """Cache key: the case's canonical form, the MindSpore version and this harness's format."""
-    import hashlib
-
-    blob = json.dumps({"case": case.to_json(), "ms": mindspore_version(), "fmt": ORACLE_FORMAT}, sort_keys=True)
+    blob = json.dumps({"case": case.to_json(), "ms": mindspore_version(), "fmt": ORACLE_FORMAT},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -205,8 +309,12 @@ def _describe(expected: Path, actual: Path) -> str:
         if ra.data != rb.data:
             i = next(i for i, (x, y) in enumerate(zip(ra.data, rb.data, strict=False)) if x != y) \
                 if len(ra.data) == len(rb.data) else min(len(ra.data), len(rb.data))
-            return (f"{ra.name} ({ra.dtype}{list(ra.dims)}): data differs from byte {i} "
-                    f"(sizes {len(ra.data)} / {len(rb.data)})")
+            n = 1
+            for d in ra.dims:
+                n *= d
+            item = len(ra.data) // n if n else 1
+            return (f"{ra.name} ({ra.dtype}{list(ra.dims)}): data differs from flat element {i // item} "
+                    f"(byte {i}; sizes {len(ra.data)} / {len(rb.data)})")
     return "same records, different framing bytes"
 
 
@@ -223,7 +331,8 @@ def assert_same_tree(expected_dir: str | os.PathLike[str], actual_dir: str | os.
         if exp[rel].read_bytes() != act[rel].read_bytes():
             problems.append(f"{rel}: {_describe(exp[rel], act[rel])}")
     if problems:
-        raise AssertionError(f"{actual_dir} differs from MindSpore's {expected_dir}:\n  " + "\n  ".join(problems))
+        raise AssertionError(f"{actual_dir} differs from MindSpore's {expected_dir}:\n  "
+                             + "\n  ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,7 +349,8 @@ def _param_array(spec: ParamSpec, seed: int):
         return rng.standard_normal(shape).astype("float64" if spec.dtype == "float64" else "float32")
     if spec.dtype == "bool":
         return rng.integers(0, 2, shape).astype(bool)
-    lo, hi = {"int8": (-128, 128), "uint8": (0, 256), "int32": (-2**31, 2**31), "int64": (-2**62, 2**62)}[spec.dtype]
+    bounds = {"int8": (-128, 128), "uint8": (0, 256), "int32": (-2**31, 2**31), "int64": (-2**62, 2**62)}
+    lo, hi = bounds[spec.dtype]
     return rng.integers(lo, hi, shape, dtype=spec.dtype)
 
 
@@ -338,8 +448,8 @@ def _build_into(case: Case, root: Path) -> dict:
     if case.src is None:
         meta["src_dir"] = "full"
     else:
-        merged = write_layout_strategy(root / ("src_strategy" if case.src.num_stages > 1 else "src_strategy" + ext),
-                                       case.src, case.fmt)
+        where = root / ("src_strategy" if case.src.num_stages > 1 else "src_strategy" + ext)
+        merged = write_layout_strategy(where, case.src, case.fmt)
         src_arg = merged
         if case.src.num_stages > 1:
             meta["src_stage_dir"] = "src_strategy/stages"
@@ -352,8 +462,8 @@ def _build_into(case: Case, root: Path) -> dict:
             _perturb_extras(root / "src", {p.name for p in case.params} - case.src.names())
         meta["src_strategy"] = str(src_arg.relative_to(root))
     if case.dst is not None:
-        dst_arg = write_layout_strategy(root / ("dst_strategy" if case.dst.num_stages > 1 else "dst_strategy" + ext),
-                                        case.dst, case.fmt)
+        where = root / ("dst_strategy" if case.dst.num_stages > 1 else "dst_strategy" + ext)
+        dst_arg = write_layout_strategy(where, case.dst, case.fmt)
         meta["dst_strategy"] = str(dst_arg.relative_to(root))
         if case.dst.num_stages > 1:
             meta["dst_stage_dir"] = "dst_strategy/stages"
@@ -383,6 +493,8 @@ def _build_into(case: Case, root: Path) -> dict:
             rank_lists[str(r)] = by_rank_errors[str(r)] = _err(e)
             continue
         rank_lists[str(r)] = needed
+        if case.src_stage is not None:  # by-rank has no single-stage path; its output would mean nothing
+            continue
         # transform_checkpoint_by_rank, fed the way MindSpore's docstring does: the files of the rank list,
         # in its (descending) order.
         out = root / "by_rank" / f"rank_{r}" / f"{PREFIX}{r}.ckpt"
@@ -425,21 +537,23 @@ def _worker(job_file: str) -> int:
             _finalize(tmp, final)
         except Exception:  # noqa: BLE001 - report and go on with the other cases
             failures += 1
-            print(f"oracle: building {case.label or final.name} failed:\n{traceback.format_exc()}", file=sys.stderr)
+            print(f"oracle: building {case.label or final.name} failed:\n{traceback.format_exc()}",
+                  file=sys.stderr)
             shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failures else 0
 
 
 def _run_workers(chunks: list[list[dict]], timeout: float) -> None:
-    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": path}
     procs = []
     with tempfile.TemporaryDirectory(prefix="oracle-jobs-") as td:
         for i, chunk in enumerate(chunks):
             jf = Path(td) / f"jobs{i}.json"
             jf.write_text(json.dumps(chunk))
             log = open(Path(td) / f"log{i}.txt", "w+b")  # noqa: SIM115 - closed below
-            p = subprocess.Popen([sys.executable, "-m", "tests.support.oracle", os.fspath(jf)], cwd=REPO, env=env,
-                                 stdout=log, stderr=subprocess.STDOUT)
+            p = subprocess.Popen([sys.executable, "-m", "tests.support.oracle", os.fspath(jf)], cwd=REPO,
+                                 env=env, stdout=log, stderr=subprocess.STDOUT)
             procs.append((p, log))
         errors = []
         deadline = time.monotonic() + timeout
