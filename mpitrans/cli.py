@@ -137,7 +137,7 @@ def _run_transform(argv: Sequence[str]) -> int:
         summary = transform(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
                             prefix=args.prefix, comm=t, max_buffer=parse_size(args.max_buffer),
                             rank_table=args.rank_table, overwrite=args.overwrite,
-                            resume=args.resume, strict=True)
+                            resume=args.resume, strict=True, show_progress=not args.quiet)
     except JobError as exc:  # every rank holds the same message: report once, exit cleanly
         if t.rank == 0:
             print(f"mpitrans: error: {exc}", file=sys.stderr)

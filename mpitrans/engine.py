@@ -30,6 +30,7 @@ from mpitrans import manifest
 from mpitrans.errors import MissingShardError, MpitransError
 from mpitrans.layout import box_shape
 from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta
+from mpitrans.progress import Progress
 from mpitrans.schedule import Chunk, Piece, build_chunks
 from mpitrans.sources import discover_sources, rank_dirs_without_checkpoint
 from mpitrans.storage.ckpt import CheckpointWriter, index_checkpoint, itemsize_of, read_box_into
@@ -322,9 +323,11 @@ def _run_rounds(
     chunk_bytes: int,
     stats: RankStats,
     file_ids: dict[int, dict[int, tuple]] | None = None,
+    progress: Progress | None = None,
 ) -> None:
     me = t.rank
     file_ids = file_ids or {}
+    scheduled = 0
     load = defaultdict(int)
 
     # Identical source regions wanted by several writers (data-parallel target replicas) are read once:
@@ -379,6 +382,7 @@ def _run_rounds(
                 chunks[w] = c
         if not chunks:
             break
+        scheduled += sum(c.nbytes for c in chunks.values())
         own = chunks.get(me)
         buf = _take_buffer(writer, own.nbytes) if own is not None else None
         recvs, incoming = [], []
@@ -448,6 +452,10 @@ def _run_rounds(
             if writer.error is not None:
                 raise writer.error
             writer.queue.put((own, buf))
+        if progress is not None:
+            progress.update(scheduled)
+    if progress is not None:
+        progress.update(scheduled, final=True)
 
 
 def execute(
@@ -462,6 +470,7 @@ def execute(
     stats: RankStats,
     on_done: Callable[[int, int, int], None] | None = None,
     file_ids: dict[int, dict[int, tuple]] | None = None,
+    show_progress: bool = False,
 ) -> dict[int, tuple[str, int, int]]:
     """Move the planned bytes: collective over `t`; any failure here must abort the job (peers wait).
     Returns what this rank wrote: target -> (path, size, CRC-32C)."""
@@ -482,7 +491,11 @@ def execute(
     if writer is not None:
         writer.start()
     try:
-        _run_rounds(t, plans, where, seers, files, writer, chunk_bytes, stats, file_ids)
+        progress = None
+        if show_progress and t.rank == 0:
+            total = sum(prod(x.shape) * itemsize_of(x.dtype) for p in plans.values() for x in p.tensors)
+            progress = Progress(total)
+        _run_rounds(t, plans, where, seers, files, writer, chunk_bytes, stats, file_ids, progress)
     finally:
         if writer is not None:
             writer.queue.put(None)
@@ -656,6 +669,7 @@ def transform(
     resume: bool = False,
     strict: bool = False,
     write_manifest: bool = True,
+    show_progress: bool = False,
 ) -> Summary:
     """Reshard `src_checkpoint` into `dst_checkpoint/rank_x/{prefix}x.ckpt`; collective over `comm`.
 
@@ -720,7 +734,8 @@ def transform(
         manifest.record_progress(dst_checkpoint, identity, target,
                                  {"path": relpath[target], "size": size, "crc32c": crc})
 
-    written = execute(t, todo, where, seers, visible, metas, path_of, max_buffer, stats, progress, job.file_ids)
+    written = execute(t, todo, where, seers, visible, metas, path_of, max_buffer, stats, progress, job.file_ids,
+                      show_progress)
     stats.seconds = time.perf_counter() - start
 
     # 6. Manifest, written last: every rank that owns targets writes the same document (atomically), so

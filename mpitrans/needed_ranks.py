@@ -122,16 +122,12 @@ def _coarse_gathered_axes(src, dst, dev_src, dev_dst) -> tuple[list[int], set[in
     MindSpore's all-gathers cover whole source axes: along each tensor dimension, source axes are kept
     while both sides split it identically (same axis size and stride), and gathered from the first
     difference on."""
-    def own_axes(dev: list[int]):
-        cuts = _suffix_cuts(dev)  # cuts[i] is the stride of the axis i positions from the right
-        return cuts
-
     def atoms(flat: FlatLayout, dev: list[int]) -> list[list[tuple[int, int]]]:
-        strides = own_axes(dev)
+        strides = _suffix_cuts(dev)  # strides[a]: stride of the axis `a` positions from the right
         out, pos = [], 0
         for g in flat.groups:
             dim: list[tuple[int, int]] = []
-            for size, axis in zip(flat.shape[pos:pos + g], flat.tensor_map[pos:pos + g], strict=True):
+            for axis in flat.tensor_map[pos:pos + g]:
                 if axis != -1 and dev[len(dev) - 1 - axis] > 1:
                     dim.append((dev[len(dev) - 1 - axis], strides[axis]))
             out.append(dim)
