@@ -137,3 +137,69 @@ def test_destination_parameter_missing_from_source_is_an_error(example, tmp_path
     assert proc.returncode != 0
     assert "model.extra_head.weight" in proc.stderr and "no source checkpoint" in proc.stderr
     assert not _final_files(tmp_path / "out")
+
+
+def _encrypt_like_mindspore(path: Path) -> None:
+    import mindspore as ms
+
+    params = ms.load_checkpoint(str(path))
+    path.unlink()
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(path), enc_key=b"0123456789abcdef")
+
+
+@pytest.mark.parametrize("problem", ["encrypted", "corrupted", "json-wrong-keys", "different-model", "read-only-output",
+                                     "not-divisible"])
+def test_more_bad_inputs_fail_cleanly(example, tmp_path, problem):
+    import subprocess
+
+    src = tmp_path / "src"
+    shutil.copytree(example / "src", src)
+    src_strategy = str(example / "src_strategy.ckpt")
+    dst_strategy = str(example / "dst_strategy.ckpt")
+    dst = tmp_path / "dst"
+    if problem == "encrypted":
+        _encrypt_like_mindspore(next((src / "rank_2").glob("*.ckpt")))
+        expect = ["rank_2", "encrypted"]
+    elif problem == "corrupted":
+        victim = next((src / "rank_0").glob("*.ckpt"))
+        data = bytearray(victim.read_bytes())
+        data[5:9] = b"\xff\xff\xff\xff"
+        victim.write_bytes(bytes(data))
+        expect = ["rank_0"]
+    elif problem == "json-wrong-keys":
+        (tmp_path / "s.json").write_text('{"parallel_layouts": {}}')
+        src_strategy = str(tmp_path / "s.json")
+        expect = ["s.json"]
+    elif problem == "different-model":
+        from tests.support.strategies import write_strategy_file
+
+        dst_strategy = write_strategy_file(tmp_path / "other.ckpt", {
+            "encoder.w": {"dev_matrix": (2, 2), "tensor_map": (0, -1)}})
+        expect = ["different models"]
+    elif problem == "read-only-output":
+        dst.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(dst)], check=True)
+        expect = ["Read-only file system"]
+    else:
+        from mpitrans.storage.ckpt import CheckpointWriter
+        from tests.support.strategies import write_strategy_file
+
+        src = tmp_path / "full.ckpt"
+        with CheckpointWriter(str(src)) as w:
+            w.write_tensor("odd.weight", "Float32", (6, 4), bytes(96))
+        src_strategy = None
+        dst_strategy = write_strategy_file(tmp_path / "d.ckpt", {"odd.weight": {"dev_matrix": (4,),
+                                                                                 "tensor_map": (0, -1)}})
+        expect = ["odd.weight", "not divisible"]
+    args = ["--src-checkpoint", str(src), "--dst-checkpoint", str(dst), "--dst-strategy", dst_strategy, "--quiet"]
+    if src_strategy:
+        args += ["--src-strategy", src_strategy]
+    try:
+        proc = mpirun(2, args, timeout=60)
+    finally:
+        if problem == "read-only-output":
+            subprocess.run(["umount", str(dst)], check=False)
+    assert proc.returncode != 0
+    for word in expect:
+        assert word in proc.stderr, proc.stderr
+    assert not _final_files(dst)
