@@ -13,7 +13,7 @@ import os
 import socket
 
 from mpitrans.engine import RankStats, Summary, execute, transform
-from mpitrans.errors import MpitransError
+from mpitrans.errors import MpitransError, UnsupportedError
 from mpitrans.planner import Planner, TensorMeta, rank_list_for_strategies
 from mpitrans.storage.ckpt import index_checkpoint
 from mpitrans.strategy.merge import load_strategy
@@ -34,8 +34,14 @@ def transform_checkpoints(
     ckpt_prefix: str,
     src_strategy_file: str | None = None,
     dst_strategy_file: str | None = None,
+    process_num: int = 1,
+    output_format: str = "ckpt",
 ) -> Summary:
-    """Reshard every target rank into `dst_checkpoints_dir/rank_x/{ckpt_prefix}x.ckpt` in this process."""
+    """Reshard every target rank into `dst_checkpoints_dir/rank_x/{ckpt_prefix}x.ckpt` in this process.
+
+    `process_num` is accepted for MindSpore compatibility and ignored: parallelism comes from mpirun."""
+    if output_format != "ckpt":
+        raise UnsupportedError(f"output_format {output_format!r}: mpitrans reads and writes .ckpt only")
     if not os.path.isdir(src_checkpoints_dir):
         raise MpitransError(f"src_checkpoints_dir {src_checkpoints_dir} is not a directory")
     # Exactly MindSpore's outputs: no manifest beside them.
