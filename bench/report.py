@@ -24,17 +24,19 @@ def evaluate_targets(doc: dict) -> dict:
         return {"note": "no scenario (a) case with mpitrans in this run"}
     big = cases[-1]
     mt = big["contenders"]["mpitrans"]
-    out: dict = {"case": f"a @ {big['source_bytes'] / GIB:.2f} GiB"}
+    out: dict = {"case": f"a @ {_gib(big['source_bytes'])} GiB"}
     for other in ("mindspore", "by_rank"):
         if other in big["contenders"]:
             o = big["contenders"][other]
             speed = o["wall_median"] / mt["wall_median"]
-            out[f"speedup_vs_{other}"] = {"value": round(speed, 2), "cmd_only": round(o["cmd_median"] / mt["cmd_median"], 2),
+            cmd_only = round(o["cmd_median"] / mt["cmd_median"], 2)
+            out[f"speedup_vs_{other}"] = {"value": round(speed, 2), "cmd_only": cmd_only,
                                           "target": f">= {SPEEDUP_MIN:g}", "met": speed >= SPEEDUP_MIN}
     if "floor" in big["contenders"]:
         fl = big["contenders"]["floor"]
         ratio = mt["wall_median"] / fl["wall_median"]
-        out["mpitrans_over_floor"] = {"value": round(ratio, 2), "cmd_only": round(mt["cmd_median"] / fl["cmd_median"], 2),
+        cmd_only = round(mt["cmd_median"] / fl["cmd_median"], 2)
+        out["mpitrans_over_floor"] = {"value": round(ratio, 2), "cmd_only": cmd_only,
                                       "target": f"<= {FLOOR_RATIO_MAX:g}", "met": ratio <= FLOOR_RATIO_MAX}
     rss = [(c["source_bytes"] / GIB, c["contenders"]["mpitrans"]["peak_rss_mib"]) for c in cases]
     peak = max(r for _, r in rss)
@@ -49,7 +51,11 @@ def evaluate_targets(doc: dict) -> dict:
 
 
 def _gib(n) -> str:
-    return "-" if n is None else f"{n / GIB:.2f}"
+    return "-" if n is None else f"{n / GIB:.3f}" if n < 0.1 * GIB else f"{n / GIB:.2f}"
+
+
+def _verdict(chk: dict) -> str:
+    return {True: "identical", False: "NOT identical"}.get(chk.get("identical"), "unchecked")
 
 
 def markdown_table(doc: dict) -> str:
@@ -71,7 +77,7 @@ def markdown_table(doc: dict) -> str:
             read = e.get("bytes_read", e.get("rchar"))
             written = e.get("bytes_written", e.get("wchar"))
             rss = "-" if name == "floor" else f"{e['peak_rss_mib']:.0f}"
-            lines.append(f"| {c['scenario']} | {c['source_bytes'] / GIB:.2f} | {c['procs']} | {name} "
+            lines.append(f"| {c['scenario']} | {_gib(c['source_bytes'])} | {c['procs']} | {name} "
                          f"| {e['wall_median']:.2f} | {e['cmd_median']:.2f} | {rss} | {_gib(read)} "
                          f"| {_gib(e.get('bytes_sent'))} | {_gib(written)} | {ratio} |")
     checks = []
@@ -79,10 +85,15 @@ def markdown_table(doc: dict) -> str:
         if "error" in c:
             continue
         for who, chk in c["checks"].items():
-            checks.append(f"{c['scenario']}@{c['source_bytes'] / GIB:.2f}G {who}: "
-                          f"{'identical' if chk.get('identical') else 'NOT identical' if chk.get('identical') is False else 'unchecked'}"
-                          f" ({chk.get('files', 0)} files)")
+            checks.append(f"{c['scenario']}@{_gib(c['source_bytes'])}G {who}: {_verdict(chk)} "
+                          f"({chk.get('files', 0)} files)")
     lines += ["", "Byte checks against mindspore.transform_checkpoints: " + ("; ".join(checks) or "none")]
+    starts = [f"{c['scenario']}@{_gib(c['source_bytes'])}G P={c['procs']}: "
+              f"{c['diagnostics']['mpi_startup_median']:.2f} s"
+              for c in doc["cases"] if "error" not in c and "mpi_startup_median" in c.get("diagnostics", {})]
+    if starts:
+        lines += ["", "Startup alone (mpirun + P Pythons importing mpitrans + MPI_Init + a barrier): "
+                  + "; ".join(starts)]
     t = doc.get("targets") or {}
     if "case" in t:
         lines += ["", f"Targets ({t['case']}):"]

@@ -64,13 +64,66 @@ def parse_plan(text: str) -> list[tuple[str, float]]:
     return cases
 
 
-def mpi_env() -> dict[str, str]:
-    """The environment of launch/local_env.sh (root allowed, loopback only), MindSpore kept quiet."""
+_ENV: dict[str, str] | None = None
+
+
+def _local_env() -> dict[str, str]:
+    """What `source launch/local_env.sh` sets (root allowed, loopback only, ...), read from bash so the
+    benchmark follows that file; a fixed copy of its settings when bash or the file is missing."""
+    script = os.path.join(REPO, "launch", "local_env.sh")
+    try:
+        out = subprocess.run(["bash", "-c", 'source "$1" >/dev/null && env -0', "bash", script],
+                             capture_output=True, check=True, timeout=30).stdout
+        env = dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
+        return {k: v for k, v in env.items() if k.startswith(("OMPI_", "PRTE_", "PMIX_", "MPITRANS_"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                "OMPI_MCA_btl_tcp_if_include": "lo"}
+
+
+def setup_env(pycache: str | None) -> dict[str, str]:
+    """The environment of every timed command: launch/local_env.sh's settings, MindSpore kept quiet, the
+    repository importable, and (unless `pycache` is None) Python's bytecode cached in `pycache` even where
+    PYTHONDONTWRITEBYTECODE is set, so that no contender pays for compiling its modules at every start."""
+    global _ENV
     env = dict(os.environ)
-    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "GLOG_v": "3",
+    env.update(_local_env())
+    env.update({"GLOG_v": "3",
                 "PYTHONPATH": REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")})
-    env.setdefault("OMPI_MCA_btl_tcp_if_include", "lo")
+    if pycache:
+        env["PYTHONPYCACHEPREFIX"] = os.path.abspath(pycache)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    _ENV = env
     return env
+
+
+def mpi_env() -> dict[str, str]:
+    return dict(_ENV) if _ENV is not None else setup_env(None)
+
+
+def cpu_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return (sum(vals) - idle) / hz, sum(vals) / hz
+
+
+def wait_quiet(limit: float, threshold: float = 0.15) -> float:
+    """Wait (at most `limit` s) until other work leaves the CPUs at most `threshold` busy over 2 s; returns
+    the busy fraction last seen, so results from a shared machine say how shared it was."""
+    deadline = time.monotonic() + limit
+    while True:
+        b0, t0 = cpu_busy()
+        time.sleep(2.0)
+        b1, t1 = cpu_busy()
+        frac = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        if frac <= threshold or time.monotonic() >= deadline:
+            return round(frac, 3)
 
 
 def size_label(gib: float) -> str:
@@ -143,8 +196,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def timed(cmd: list[str], log_path: str, timeout: float) -> tuple[float, float, int]:
-    """Run `cmd` (its own process group), then `sync`; returns (cmd seconds, total seconds, exit code)."""
+def timed(cmd: list[str], log_path: str, timeout: float) -> tuple[float, float, int, float]:
+    """Run `cmd` (its own process group), then `sync`; returns (cmd seconds, total seconds, exit code,
+    CPU seconds the whole machine spent meanwhile)."""
+    busy0, _ = cpu_busy()
     with open(log_path, "ab") as logf:
         logf.write(("+ " + " ".join(cmd) + "\n").encode())
         logf.flush()
@@ -160,7 +215,7 @@ def timed(cmd: list[str], log_path: str, timeout: float) -> tuple[float, float, 
         t1 = time.perf_counter()
         os.sync()
         t2 = time.perf_counter()
-    return t1 - t0, t2 - t0, code
+    return t1 - t0, t2 - t0, code, cpu_busy()[0] - busy0
 
 
 def read_records(rec_dir: str) -> list[dict]:
@@ -175,8 +230,10 @@ def read_records(rec_dir: str) -> list[dict]:
 class Case:
     """One scenario at one size: its inputs, commands and measurements."""
 
-    def __init__(self, scenario: Scenario, gib: float, src_root: str, meta: dict, work: str, max_procs: int):
+    def __init__(self, scenario: Scenario, gib: float, src_root: str, meta: dict, work: str, max_procs: int,
+                 mpitrans_args: list[str] | None = None):
         self.sc = scenario
+        self.mpitrans_args = list(mpitrans_args or [])
         self.gib = gib
         self.meta = meta
         self.work = work
@@ -218,7 +275,10 @@ class Case:
                 args += ["--src-strategy", self.src_strategy]
             if self.dst_strategy:
                 args += ["--dst-strategy", self.dst_strategy]
-            return [*mpirun, *measure, PY, "-m", "mpitrans", *args]
+            return [*mpirun, *measure, PY, "-m", "mpitrans", *args, *self.mpitrans_args]
+        if contender == "startup":  # diagnostic: launching P Python processes that import mpitrans and meet
+            return [*mpirun, *measure, PY, "-c", "import mpitrans.cli, mpitrans.engine; from mpi4py import MPI; "
+                    "MPI.COMM_WORLD.Barrier()"]
         if contender == "floor":
             return [*measure, "bash", "-c", self.floor_script(out)]
         raise ValueError(contender)
@@ -252,15 +312,16 @@ def _rank_of(path: str, src_root: str) -> int:
     return int(first.removeprefix("rank_")) if first.startswith("rank_") else -1
 
 
-def run_case(case: Case, contenders: list[str], repeats: int, timeout: float) -> dict:
+def run_case(case: Case, contenders: list[str], repeats: int, timeout: float, quiet_wait: float) -> dict:
     sc = case.sc
     result = {
         "scenario": sc.key, "title": sc.title, "size_gib": case.gib,
         "source_bytes": case.meta["source_bytes"], "source_files": case.meta["source_files"],
         "model": case.meta["model"], "targets": case.targets, "procs": case.procs,
         "replica_bytes": sum(os.path.getsize(f) for f in case.replica_files),
-        "contenders": {c: {"wall_s": [], "cmd_s": [], "peak_rss_kib": []} for c in contenders},
+        "contenders": {c: {"wall_s": [], "cmd_s": [], "peak_rss_kib": [], "other_cpu_s": []} for c in contenders},
         "checks": {},
+        "diagnostics": {"mpi_startup_s": [], "busy_before_repeat": []},
     }
     result["warm_s"] = round(warm(case.source_files), 3)
     log(f"case {sc.key} @ {size_label(case.gib)}: {case.meta['source_bytes'] / GIB:.3f} GiB in "
@@ -268,13 +329,19 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float) ->
         f"page cache warmed in {result['warm_s']} s")
     checks = result["checks"]
     for rep in range(repeats):
+        result["diagnostics"]["busy_before_repeat"].append(wait_quiet(quiet_wait) if quiet_wait > 0 else None)
+        if "mpitrans" in contenders:
+            rec = case.rec("startup", rep)
+            os.makedirs(rec, exist_ok=True)
+            _, wall_s, _, _ = timed(case.command("startup", rep), case.log, timeout)
+            result["diagnostics"]["mpi_startup_s"].append(round(wall_s, 3))
         for c in contenders:
             out = case.out(c)
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(case.rec(c, rep), ignore_errors=True)
             os.makedirs(case.rec(c, rep))
             os.sync()
-            cmd_s, wall_s, code = timed(case.command(c, rep), case.log, timeout)
+            cmd_s, wall_s, code, busy = timed(case.command(c, rep), case.log, timeout)
             if code != 0:
                 raise BenchError(f"{c} failed (exit {code}) in case {sc.key}; see {case.log}:\n"
                                  + _tail(case.log))
@@ -283,6 +350,10 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float) ->
             entry["wall_s"].append(round(wall_s, 3))
             entry["cmd_s"].append(round(cmd_s, 3))
             entry["peak_rss_kib"].append(max((r["maxrss_kib"] for r in recs), default=0))
+            own_cpu = sum(r["user_s"] + r["sys_s"] for r in recs)
+            # CPU time the machine spent outside the contender's own processes meanwhile: other users' work,
+            # kernel writeback, mpirun. Large values mean the run was disturbed.
+            entry["other_cpu_s"].append(round(max(0.0, busy - own_cpu), 2))
             entry["processes"] = recs  # the last repeat's per-process records
             entry["rchar"] = sum(r["rchar"] or 0 for r in recs)
             entry["wchar"] = sum(r["wchar"] or 0 for r in recs)
@@ -310,13 +381,17 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float) ->
                     raise BenchError(f"MISMATCH: mpitrans output differs from mindspore.transform_checkpoints' "
                                      f"in case {sc.key} @ {size_label(case.gib)}: {cmp}")
             rss = entry["peak_rss_kib"][-1] / 1024
-            log(f"  rep {rep + 1}/{repeats} {c:<9} {wall_s:7.2f} s (cmd {cmd_s:6.2f} s)  peak RSS {rss:7.0f} MiB")
+            log(f"  rep {rep + 1}/{repeats} {c:<9} {wall_s:7.2f} s (cmd {cmd_s:6.2f} s)  peak RSS {rss:7.0f} MiB"
+                f"  other CPU {entry['other_cpu_s'][-1]:5.1f} s")
             if c != "mindspore":
                 shutil.rmtree(out, ignore_errors=True)
-    for c, e in result["contenders"].items():
+    for e in result["contenders"].values():
         e["wall_median"] = round(statistics.median(e["wall_s"]), 3)
         e["cmd_median"] = round(statistics.median(e["cmd_s"]), 3)
         e["peak_rss_mib"] = round(max(e["peak_rss_kib"]) / 1024, 1)
+    st = result["diagnostics"]["mpi_startup_s"]
+    if st:
+        result["diagnostics"]["mpi_startup_median"] = round(statistics.median(st), 3)
     mt = result["contenders"].get("mpitrans")
     if mt:
         ratios = {}
@@ -355,6 +430,16 @@ def machine_info() -> dict:
             info[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             info[pkg] = None
+    try:
+        git = ["git", "-C", REPO]
+        info["commit"] = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        timeout=10).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "mpitrans"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        info["mpitrans_dirty"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info["loadavg"] = list(os.getloadavg())
     return info
 
 
@@ -377,6 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-procs", type=int, default=8, help="most MPI processes per contender (8)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per command (1800)")
     p.add_argument("--keep-work", action="store_true", help="keep each case's outputs and logs")
+    p.add_argument("--pycache", default=None,
+                   help="bytecode cache for every timed Python (PYTHONPYCACHEPREFIX; default bench/cache/pycache, "
+                   "'none' in --smoke: then Python's own settings apply)")
+    p.add_argument("--mpitrans-args", default="", help="extra mpitrans options, e.g. '--max-buffer 64M'")
+    p.add_argument("--quiet-wait", type=float, default=None,
+                   help="before each repeat, wait up to this many seconds for other work to leave the CPUs "
+                   "idle (60; 0 in --smoke); the busy fraction seen is recorded")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
 
@@ -407,13 +499,22 @@ def main(argv: list[str] | None = None) -> int:
             plot_ok = False
             log("matplotlib is not installed, so no plot: pip install -r bench/requirements.txt")
 
+    pycache = args.pycache or ("none" if args.smoke else os.path.join(BENCH, "cache", "pycache"))
+    env = setup_env(None if pycache == "none" else pycache)
+    if pycache != "none":
+        log(f"warming the bytecode cache {pycache} and the imports (untimed)")
+        subprocess.run([PY, "-c", "import mindspore, mpitrans.cli, mpitrans.engine, mpi4py"], env=env, cwd=REPO,
+                       capture_output=True, timeout=600)
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.smoke else 60.0)
     name = args.name or _dt.date.today().isoformat()
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, f"{name}.json")
     work_root = args.work or os.path.join(args.cache, "work")
     doc = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
            "args": {"plan": [[k, g] for k, g in plan], "repeats": repeats, "contenders": contenders,
-                    "smoke": args.smoke, "max_procs": args.max_procs},
+                    "smoke": args.smoke, "max_procs": args.max_procs, "mpitrans_args": args.mpitrans_args,
+                    "quiet_wait": quiet_wait},
+           "env": {k: v for k, v in sorted(env.items()) if k.startswith(("OMPI_", "PRTE_", "PMIX_", "PYTHON"))},
            "notes": "wall_s = command + sync (output durable); cmd_s = command only; peak RSS = largest "
                     "process's ru_maxrss (like /usr/bin/time -v); sizes are GiB of source shards",
            "cases": []}
@@ -424,8 +525,8 @@ def main(argv: list[str] | None = None) -> int:
             src_root, meta = ensure_source(args.cache, sc.src.name, gib, ms_version)
             work = os.path.join(work_root, f"{key}-{size_label(gib)}")
             shutil.rmtree(work, ignore_errors=True)
-            case = Case(sc, gib, src_root, meta, work, args.max_procs)
-            result = run_case(case, contenders, repeats, args.timeout)
+            case = Case(sc, gib, src_root, meta, work, args.max_procs, args.mpitrans_args.split())
+            result = run_case(case, contenders, repeats, args.timeout, quiet_wait)
             if not args.keep_work:
                 shutil.rmtree(work, ignore_errors=True)
         except BenchError as exc:
