@@ -125,11 +125,28 @@ def launched_by_mpi() -> bool:
     return any(k in os.environ for k in keys)
 
 
+def tune_single_node_open_mpi(environ: dict | None = None) -> None:
+    """When every rank of an Open MPI job is on this node, skip probing the fabric libraries (libfabric,
+    UCX): that probe costs about a second per process at MPI_Init, and shared memory is all a single node
+    needs. Only fills in what the user did not choose (any OMPI_MCA_pml/btl/mtl, including one given by
+    `mpirun --mca`, wins); `MPITRANS_MPI_TUNING=0` turns it off. Must run before mpi4py.MPI is imported."""
+    env = os.environ if environ is None else environ
+    if env.get("MPITRANS_MPI_TUNING", "1") == "0" or "mpi4py.MPI" in sys.modules:
+        return
+    local, world = env.get("OMPI_COMM_WORLD_LOCAL_SIZE"), env.get("OMPI_COMM_WORLD_SIZE")
+    if not local or local != world:
+        return
+    if not any(k in env for k in ("OMPI_MCA_pml", "OMPI_MCA_btl", "OMPI_MCA_mtl")):
+        env["OMPI_MCA_pml"] = "ob1"
+        env["OMPI_MCA_btl"] = "self,sm,tcp"
+
+
 def make_transport(comm=None) -> Transport:
     """`comm` may be an mpi4py communicator, a Transport, or None (COMM_WORLD under mpirun, else local)."""
     if comm is None:
         if not launched_by_mpi():
             return LocalTransport()
+        tune_single_node_open_mpi()
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
