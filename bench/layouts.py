@@ -160,14 +160,17 @@ class Scenario:
     src: Side
     dst: Side
     title: str
+    short: str = ""
 
 
 SCENARIOS = {
-    "a": Scenario("a", SIDES["dp2mp4"], SIDES["dp1mp2"], "dp2·mp4 (8 ranks) -> dp1·mp2 (2 ranks)"),
+    "a": Scenario("a", SIDES["dp2mp4"], SIDES["dp1mp2"], "dp2·mp4 (8 ranks) -> dp1·mp2 (2 ranks)",
+                  "dp2·mp4 -> dp1·mp2"),
     "b": Scenario("b", SIDES["dp2mp2pp2opt"], SIDES["dp1mp4"],
-                  "dp2·mp2·pp2 + optimizer sharding (8 ranks, per-stage strategies) -> dp1·mp4 (4 ranks)"),
-    "c": Scenario("c", SIDES["dp2mp4"], SIDES["full"], "dp2·mp4 (8 ranks) -> full (1 file)"),
-    "d": Scenario("d", SIDES["full"], SIDES["dp2mp4"], "full (1 file) -> dp2·mp4 (8 ranks)"),
+                  "dp2·mp2·pp2 + optimizer sharding (8 ranks, per-stage strategies) -> dp1·mp4 (4 ranks)",
+                  "dp2·mp2·pp2 + opt. sharding -> dp1·mp4"),
+    "c": Scenario("c", SIDES["dp2mp4"], SIDES["full"], "dp2·mp4 (8 ranks) -> full (1 file)", "dp2·mp4 -> full"),
+    "d": Scenario("d", SIDES["full"], SIDES["dp2mp4"], "full (1 file) -> dp2·mp4 (8 ranks)", "full -> dp2·mp4"),
 }
 
 

@@ -45,6 +45,17 @@ DEFAULT_PLAN = "a=0.2,0.8,2.5;b=0.8;c=0.8;d=0.4"
 SMOKE_PLAN = "a=0.0035;c=0.0035"
 
 
+STARTUP_CODE = """
+import mpitrans.cli, mpitrans.engine
+try:
+    from mpitrans.transport import make_transport
+    make_transport(None).barrier()
+except (ImportError, AttributeError):
+    from mpi4py import MPI
+    MPI.COMM_WORLD.Barrier()
+"""
+
+
 class BenchError(RuntimeError):
     pass
 
@@ -212,6 +223,10 @@ def timed(cmd: list[str], log_path: str, timeout: float) -> tuple[float, float, 
             _kill_group(proc)
             proc.wait()
             raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(cmd)} (log: {log_path})") from None
+        except BaseException:  # interrupted: take the contender's processes down with us
+            _kill_group(proc)
+            proc.wait()
+            raise
         t1 = time.perf_counter()
         os.sync()
         t2 = time.perf_counter()
@@ -276,9 +291,8 @@ class Case:
             if self.dst_strategy:
                 args += ["--dst-strategy", self.dst_strategy]
             return [*mpirun, *measure, PY, "-m", "mpitrans", *args, *self.mpitrans_args]
-        if contender == "startup":  # diagnostic: launching P Python processes that import mpitrans and meet
-            return [*mpirun, *measure, PY, "-c", "import mpitrans.cli, mpitrans.engine; from mpi4py import MPI; "
-                    "MPI.COMM_WORLD.Barrier()"]
+        if contender == "startup":  # diagnostic: P Pythons that import mpitrans, start MPI its way, and meet
+            return [*mpirun, *measure, PY, "-c", STARTUP_CODE]
         if contender == "floor":
             return [*measure, "bash", "-c", self.floor_script(out)]
         raise ValueError(contender)
@@ -383,8 +397,11 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float, qu
             rss = entry["peak_rss_kib"][-1] / 1024
             log(f"  rep {rep + 1}/{repeats} {c:<9} {wall_s:7.2f} s (cmd {cmd_s:6.2f} s)  peak RSS {rss:7.0f} MiB"
                 f"  other CPU {entry['other_cpu_s'][-1]:5.1f} s")
-            if c != "mindspore":
+            # Drop outputs as soon as they are checked; without a MindSpore reference, the floor sizes its
+            # files on mpitrans' output, which then stays until the end of the repeat.
+            if c != "mpitrans" or os.path.isdir(case.ref):
                 shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(case.out("mpitrans"), ignore_errors=True)
     for e in result["contenders"].values():
         e["wall_median"] = round(statistics.median(e["wall_s"]), 3)
         e["cmd_median"] = round(statistics.median(e["cmd_s"]), 3)
@@ -443,6 +460,26 @@ def machine_info() -> dict:
     return info
 
 
+def rereport(json_path: str, plot_it: bool = True) -> int:
+    from bench.report import evaluate_targets, markdown_table, plot
+
+    with open(json_path, encoding="utf-8") as f:
+        doc = json.load(f)
+    doc["targets"] = evaluate_targets(doc)
+    stem = os.path.splitext(json_path)[0]
+    table = markdown_table(doc)
+    with open(stem + ".md", "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    print(table)
+    if plot_it:
+        try:
+            png = plot(doc, stem + ".png")
+        except ImportError:
+            png = None
+        log(f"plot: {png}" if png else "no plot (matplotlib missing: pip install -r bench/requirements.txt)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                 epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -470,7 +507,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="before each repeat, wait up to this many seconds for other work to leave the CPUs "
                    "idle (60; 0 in --smoke); the busy fraction seen is recorded")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--report", metavar="JSON", help="only rewrite the table (.md) and plot (.png) of a results file")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so running contenders get killed too
+    if args.report:
+        return rereport(args.report, plot_it=not args.no_plot)
 
     if args.plan:
         plan = parse_plan(args.plan)
