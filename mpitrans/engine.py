@@ -41,7 +41,7 @@ from mpitrans.transport import Transport, make_transport
 
 log = logging.getLogger("mpitrans")
 
-DEFAULT_MAX_BUFFER = 256 << 20
+DEFAULT_MAX_BUFFER = 64 << 20
 
 
 class JobError(MpitransError):
