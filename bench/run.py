@@ -47,12 +47,8 @@ SMOKE_PLAN = "a=0.0035;c=0.0035"
 
 STARTUP_CODE = """
 import mpitrans.cli, mpitrans.engine
-try:
-    from mpitrans.transport import make_transport
-    make_transport(None).barrier()
-except (ImportError, AttributeError):
-    from mpi4py import MPI
-    MPI.COMM_WORLD.Barrier()
+from mpitrans.transport import make_transport
+make_transport(None).barrier()
 """
 
 
@@ -460,13 +456,13 @@ def machine_info() -> dict:
     return info
 
 
-def rereport(json_path: str, plot_it: bool = True) -> int:
+def write_report(doc: dict, stem: str, plot_it: bool) -> None:
+    """Targets into `doc`, then STEM.json, STEM.md (also printed) and, if asked and possible, STEM.png."""
     from bench.report import evaluate_targets, markdown_table, plot
 
-    with open(json_path, encoding="utf-8") as f:
-        doc = json.load(f)
     doc["targets"] = evaluate_targets(doc)
-    stem = os.path.splitext(json_path)[0]
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
     table = markdown_table(doc)
     with open(stem + ".md", "w", encoding="utf-8") as f:
         f.write(table + "\n")
@@ -476,7 +472,14 @@ def rereport(json_path: str, plot_it: bool = True) -> int:
             png = plot(doc, stem + ".png")
         except ImportError:
             png = None
-        log(f"plot: {png}" if png else "no plot (matplotlib missing: pip install -r bench/requirements.txt)")
+        log(f"plot: {png}" if png
+            else "no plot (no finished case, or matplotlib missing: pip install -r bench/requirements.txt)")
+
+
+def rereport(json_path: str, plot_it: bool = True) -> int:
+    with open(json_path, encoding="utf-8") as f:
+        doc = json.load(f)
+    write_report(doc, os.path.splitext(json_path)[0], plot_it)
     return 0
 
 
@@ -578,19 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(json_path, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
 
-    from bench.report import evaluate_targets, markdown_table, plot
-
-    doc["targets"] = evaluate_targets(doc)
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-    table = markdown_table(doc)
-    with open(os.path.join(args.out, f"{name}.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    print(table)
-    if plot_ok:
-        png = plot(doc, os.path.join(args.out, f"{name}.png"))
-        if png:
-            log(f"plot: {png}")
+    write_report(doc, os.path.join(args.out, name), plot_ok)
     log(f"results: {json_path}")
     if failures:
         log("FAILED: " + "; ".join(failures))

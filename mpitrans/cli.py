@@ -68,15 +68,22 @@ def _transform_parser() -> argparse.ArgumentParser:
                    help="YAML file of these options with MindFormers key names (src_checkpoint, "
                    "src_strategy_path_or_dir, dst_checkpoint, dst_strategy, prefix, ...); command-line flags "
                    "win; ./mpitrans.yaml is read when present and no flags are given")
-    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default="64M", metavar="SIZE",
-                   help="bytes of chunk buffers each process may hold (e.g. 64M, 1G; default 64M, which already "
-                   "keeps the disks busy in our benchmark; more only raises memory)")
+    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default=_default_max_buffer(), metavar="SIZE",
+                   help=f"bytes of chunk buffers each process may hold (e.g. 64M, 1G; default {_default_max_buffer()}, "
+                   "which already keeps the disks busy in our benchmark; more only raises memory)")
     p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE",
                    help="also write the run summary as JSON to FILE (rank 0)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level of rank 0 (others: WARNING)")
     return p
+
+
+def _default_max_buffer() -> str:
+    """The engine's default as a size string; both subcommands that move bytes share it."""
+    from mpitrans.engine import DEFAULT_MAX_BUFFER
+
+    return f"{DEFAULT_MAX_BUFFER >> 20}M"
 
 
 def parse_size(text: str) -> int:
@@ -213,7 +220,7 @@ def _run_verify(argv: Sequence[str]) -> int:
     ):
         p.add_argument(*flags, dest=flags[0][2:].replace("-", "_"), **kw)
     p.add_argument("--prefix", default="checkpoint_")
-    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default="64M")
+    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default=_default_max_buffer())
     p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE")
     args = p.parse_args(argv)
     from dataclasses import asdict
