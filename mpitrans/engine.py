@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,8 @@ import numpy as np
 
 from mpitrans import manifest
 from mpitrans.errors import MissingShardError, MpitransError
+from mpitrans.guard import Interrupted, JobGuard, report_once
+from mpitrans.joblock import JobLock
 from mpitrans.layout import box_shape
 from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta
 from mpitrans.progress import Progress
@@ -107,6 +110,9 @@ def _agree(t: Transport, fn: Callable[[], object]) -> object:
 
 
 FAULT_STAGES = ("after-plan", "mid-transfer", "mid-write")
+# Test hook: seconds to sleep after each round, so interruption tests can hit a multi-second run at
+# random points on any machine.
+_ROUND_DELAY = float(os.environ.get("MPITRANS_TEST_ROUND_DELAY", "0") or 0)
 
 
 def fault_point(stage: str, rank: int) -> None:
@@ -220,9 +226,19 @@ class _Assembler:
         block[sel] = np.frombuffer(data, dtype=np.uint8).reshape((*box_shape(piece.in_block), piece.itemsize))
 
 
+# End-of-work signals for the writer thread: only END publishes what is still open.
+END = "end"
+ABORT = "abort"
+
+
 class _DiskWriter(threading.Thread):
     """Streams assembled chunks into the target files on this rank, overlapping disk writes with the next
-    round's reads and transfers."""
+    round's reads and transfers.
+
+    A target is published (renamed to its final name, then recorded through `on_done`) only once every
+    byte the plan gives it has been written; a failure anywhere, or ABORT from the main thread, removes
+    the open temporary file and publishes and records nothing more.
+    """
 
     def __init__(
         self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], itemsize: Callable[[str], int]
@@ -242,15 +258,21 @@ class _DiskWriter(threading.Thread):
         self.rank = 0
         self.results: dict[int, tuple[str, int, int]] = {}  # target -> (path, size, crc32c)
         self.on_done: Callable[[int, int, int], None] | None = None
+        self._expected = [sum(prod(x.shape) * itemsize(x.dtype) for x in t.tensors) for t in targets]
+        self._received = [0] * len(targets)
 
     def run(self) -> None:
         current: CheckpointWriter | None = None
         current_index = -1
         opened: set[int] = set()
+        ended = False
         try:
             while True:
                 item = self.queue.get()
-                if item is None:
+                if item is END or item is ABORT:
+                    ended = True
+                    if item is ABORT:
+                        raise _Aborted
                     break
                 chunk, buf = item
                 view = memoryview(buf)
@@ -258,6 +280,7 @@ class _DiskWriter(threading.Thread):
                     if seg.target_index != current_index:
                         if current is not None:
                             self._finish(current_index, current)
+                        current = None
                         current = self._open(seg.target_index)
                         current_index = seg.target_index
                         opened.add(current_index)
@@ -266,6 +289,7 @@ class _DiskWriter(threading.Thread):
                         current.begin_tensor(tensor.name, tensor.dtype, tensor.shape)
                     n = (seg.stop - seg.start) * self.itemsize(tensor.dtype)
                     current.write(view[seg.chunk_offset:seg.chunk_offset + n])
+                    self._received[seg.target_index] += n
                     self.bytes_written += n
                     fault_point("mid-write", self.rank)
                 del view
@@ -277,14 +301,15 @@ class _DiskWriter(threading.Thread):
                 if i not in opened:  # a target with no tensors still gets its (empty) file
                     self._finish(i, self._open(i))
         except BaseException as exc:  # reported by the main thread
-            if isinstance(exc, OSError) and current is not None:
-                exc = MpitransError(f"writing {current.path} failed: {exc.strerror or exc}")
-            self.error = exc
+            if not isinstance(exc, _Aborted):
+                if isinstance(exc, OSError) and current is not None:
+                    exc = MpitransError(f"writing {current.path} failed: {exc.strerror or exc}")
+                self.error = exc
             if current is not None:
                 current.abort()
-            while True:  # keep draining so the main thread never blocks on a full queue
-                if self.queue.get() is None:
-                    break
+            while not ended:  # keep draining so the main thread never blocks on a full queue
+                item = self.queue.get()
+                ended = item is END or item is ABORT
 
     def _open(self, index: int) -> CheckpointWriter:
         target = self.targets[index]
@@ -294,11 +319,19 @@ class _DiskWriter(threading.Thread):
         return CheckpointWriter(path, checksum=True)
 
     def _finish(self, index: int, writer: CheckpointWriter) -> None:
-        writer.close()
         target = self.targets[index].rank
+        if self._received[index] != self._expected[index]:  # never publish a target with a gap
+            writer.abort()
+            raise MpitransError(f"internal error: target rank {target} got {self._received[index]} of its "
+                                f"{self._expected[index]} bytes; {writer.path} was not written")
+        writer.close()
         self.results[target] = (writer.path, writer.size, writer.checksum or 0)
         if self.on_done is not None:
             self.on_done(target, writer.size, writer.checksum or 0)
+
+
+class _Aborted(Exception):
+    """The main thread gave up: drop what is open, publish nothing more."""
 
 
 def _take_buffer(writer: _DiskWriter, nbytes: int) -> memoryview:
@@ -454,6 +487,8 @@ def _run_rounds(
             writer.queue.put((own, buf))
         if progress is not None:
             progress.update(scheduled)
+        if _ROUND_DELAY:
+            time.sleep(_ROUND_DELAY)
     if progress is not None:
         progress.update(scheduled, final=True)
 
@@ -490,15 +525,17 @@ def execute(
     files = _SourceFiles(visible, metas)
     if writer is not None:
         writer.start()
+    finished = False
     try:
         progress = None
         if show_progress and t.rank == 0:
             total = sum(prod(x.shape) * itemsize_of(x.dtype) for p in plans.values() for x in p.tensors)
             progress = Progress(total)
         _run_rounds(t, plans, where, seers, files, writer, chunk_bytes, stats, file_ids, progress)
+        finished = True
     finally:
         if writer is not None:
-            writer.queue.put(None)
+            writer.queue.put(END if finished else ABORT)
             writer.join()
         files.close()
     if writer is not None and writer.error is not None:
@@ -678,6 +715,67 @@ def transform(
     is written.
     """
     t = make_transport(comm)
+    with JobGuard(t.abort, t.rank, watch_parent=t.size > 1, grace=0.5 if t.size > 1 else 5.0):
+        try:
+            return _transform(t, src_checkpoint, dst_checkpoint, src_strategy, dst_strategy, prefix, max_buffer,
+                              placement, rank_table, overwrite, resume, strict, write_manifest, show_progress)
+        except JobError:
+            raise  # every rank holds the same error: the caller reports it once
+        except BaseException as exc:
+            if t.size == 1:
+                raise
+            # Only this rank failed and its peers may wait for it in a collective: end the job now.
+            fail_job(t, exc)
+            raise
+
+
+def fail_job(t: Transport, exc: BaseException) -> None:
+    """Report this rank's failure once and abort every process of the job (no peer is left waiting)."""
+    if isinstance(exc, MpitransError):
+        report_once(f"mpitrans: error on rank {t.rank}: {exc}")
+    else:
+        import traceback
+
+        traceback.print_exception(exc)
+        report_once(f"mpitrans: rank {t.rank} failed: {exc!r}; aborting the job")
+    t.abort(128 + exc.signum if isinstance(exc, Interrupted) else 1)
+
+
+def check_destination(dst_checkpoint: str, src_checkpoint: str, visible: dict[int, str]) -> None:
+    """Refuse an output directory that is the source model_dir or lies inside a source rank directory:
+    writing there would replace or mix with the files being read."""
+    dst = os.path.realpath(dst_checkpoint)
+    if os.path.isdir(src_checkpoint) and os.path.realpath(src_checkpoint) == dst:
+        raise MpitransError(f"--dst-checkpoint {dst_checkpoint} is the source directory; write the targets "
+                            f"to another directory")
+    for g, path in sorted(visible.items()):
+        if os.path.isfile(src_checkpoint):
+            break
+        rank_dir = os.path.realpath(os.path.dirname(path))
+        if dst == rank_dir or dst.startswith(rank_dir + os.sep):
+            raise MpitransError(f"--dst-checkpoint {dst_checkpoint} is inside the source directory of rank {g} "
+                                f"({rank_dir}); write the targets to another directory")
+
+
+def _fingerprints(t: Transport, job: Job, wanted: set[int]) -> dict[int, dict]:
+    """Each used source file fingerprinted once, by the first process that sees it; known to all."""
+    mine = {}
+    for g in sorted(wanted):
+        if g in job.seers and job.seers[g][0] == t.rank:
+            mine[str(g)] = manifest.fingerprint(job.visible[g])
+    out: dict[int, dict] = {}
+    for blob in t.allgather_bytes(json.dumps(mine).encode()):
+        out.update({int(k): v for k, v in json.loads(blob).items()})
+    return out
+
+
+def _sources_of(plan: TargetPlan) -> list[int]:
+    return sorted({g for x in plan.tensors for region in x.regions for g in region.candidates})
+
+
+def _transform(t: Transport, src_checkpoint: str, dst_checkpoint: str, src_strategy: str | None,
+               dst_strategy: str | None, prefix: str, max_buffer: int, placement, rank_table: str | None,
+               overwrite: bool, resume: bool, strict: bool, write_manifest: bool, show_progress: bool) -> Summary:
     start = time.perf_counter()
     stats = RankStats(t.rank, socket.gethostname())
     _agree(t, lambda: check_prefix(prefix))
@@ -685,71 +783,105 @@ def transform(
         placement = _rank_table_placement(t, rank_table) if rank_table else round_robin_placement
 
     job = prepare(t, src_checkpoint, src_strategy, dst_strategy, prefix, strict)
-    plans, seers, visible, metas = job.plans, job.seers, job.visible, job.metas
-    inventories, sizes = job.inventories, job.sizes
+    plans = job.plans
     where = _agree(t, lambda: placement(sorted(plans), t.size))
+    _agree(t, lambda: check_destination(dst_checkpoint, src_checkpoint, job.visible))
 
     def path_of(target: TargetPlan) -> str:
         return os.path.join(dst_checkpoint, f"rank_{target.rank}", target.filename)
 
-    sources = {g: (os.path.basename(inventories[seers[g][0]][str(g)]), sizes.get(g, -1)) for g in sorted(seers)}
-    identity = manifest.job_identity(job.src_bytes, job.dst_bytes, prefix, sources)
+    used = {tr: _sources_of(p) for tr, p in plans.items()}
+    fingerprints = _fingerprints(t, job, {g for gs in used.values() for g in gs})
+    identity = manifest.job_identity(job.src_bytes, job.dst_bytes, prefix)
     relpath = {tr: os.path.join(f"rank_{tr}", plans[tr].filename) for tr in plans}
+    writes_here = any(r == t.rank for r in where.values()) or t.rank == 0
 
-    def keep_finished() -> dict[int, dict]:
-        """With --resume: this rank's targets that an earlier run of the same job completed."""
-        if not resume:
-            return {}
-        old = manifest.read(dst_checkpoint)
-        out = {}
-        for tr, r in where.items():
-            if r != t.rank:
-                continue
-            entry = manifest.reusable(dst_checkpoint, old, identity, tr, relpath[tr])
-            entry = entry or manifest.reusable_progress(dst_checkpoint, identity, tr, relpath[tr])
-            if entry:
-                out[tr] = entry
-        return out
+    # The job lock comes before anything touches the output directory (cleanup included).
+    job_id = t.bcast_bytes(uuid.uuid4().hex.encode() if t.rank == 0 else None).decode()
+    lock = JobLock(dst_checkpoint, job_id)
+    _agree(t, lambda: lock.acquire() if writes_here else None)
+    if lock.stale:
+        log.warning("took over the lock of an earlier mpitrans job that is no longer running (%s)", lock.stale)
+    try:
+        summary = _locked_run(t, job, where, dst_checkpoint, path_of, relpath, used, fingerprints, identity,
+                              overwrite, resume, max_buffer, stats, show_progress, write_manifest, writes_here)
+    finally:
+        lock.release()
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
 
-    kept_here = _agree(t, keep_finished)
+
+def _keep_finished(t: Transport, where: dict[int, int], dst_checkpoint: str, relpath: dict[int, str],
+                   identity: dict, fingerprints: dict[int, dict]) -> dict[int, dict]:
+    """With --resume: this rank's targets that an earlier run of the same job completed."""
+    old = manifest.read(dst_checkpoint)
+    out = {}
+    for tr, r in sorted(where.items()):
+        if r != t.rank:
+            continue
+        decision = manifest.reusable(dst_checkpoint, old, identity, fingerprints, tr, relpath[tr])
+        if decision.entry is None:
+            progress = manifest.read_progress(dst_checkpoint, tr)
+            second = manifest.reusable(dst_checkpoint, progress, identity, fingerprints, tr, relpath[tr])
+            decision = second if second.entry is not None or second.why else decision
+        if decision.entry is not None:
+            out[tr] = decision.entry
+        elif decision.why:
+            log.warning("--resume: redoing target rank %d: %s", tr, decision.why)
+    return out
+
+
+def _check_outputs(t: Transport, where: dict[int, int], paths: dict[int, str], overwrite: bool,
+                   resume: bool) -> None:
+    for tr, r in sorted(where.items()):
+        if r != t.rank:
+            continue
+        path = paths[tr]
+        if os.path.isdir(path):
+            raise MpitransError(f"{path} is a directory; remove it (a target file goes there)")
+        if os.path.lexists(path) and not (overwrite or resume):
+            raise MpitransError(f"{path} already exists; pass --overwrite to replace it (or --resume)")
+
+
+def _locked_run(t: Transport, job: Job, where: dict[int, int], dst_checkpoint: str, path_of, relpath,
+                used: dict[int, list[int]], fingerprints: dict[int, dict], identity: dict, overwrite: bool,
+                resume: bool, max_buffer: int, stats: RankStats, show_progress: bool, write_manifest: bool,
+                writes_here: bool) -> Summary:
+    plans = job.plans
+    kept_here = _agree(t, lambda: _keep_finished(t, where, dst_checkpoint, relpath, identity, fingerprints)
+                       if resume else {})
     kept = sorted({int(k) for b in t.allgather_bytes(json.dumps(kept_here).encode()) for k in json.loads(b)})
-
-    def check_outputs() -> None:
-        if overwrite or resume:
-            return
-        for tr, r in where.items():
-            if r == t.rank and os.path.exists(path_of(plans[tr])):
-                raise MpitransError(
-                    f"{path_of(plans[tr])} already exists; pass --overwrite to replace it (or --resume)"
-                )
-
-    _agree(t, check_outputs)
+    paths = {tr: path_of(p) for tr, p in plans.items()}
+    _agree(t, lambda: _check_outputs(t, where, paths, overwrite, resume))
+    if writes_here:
+        manifest.remove_stale_temps(dst_checkpoint)
     fault_point("after-plan", t.rank)
     stats.targets = sorted(tr for tr, r in where.items() if r == t.rank)
 
     # 5. Move bytes.
     todo = {tr: p for tr, p in plans.items() if tr not in kept}
 
-    def progress(target: int, size: int, crc: int) -> None:
-        manifest.record_progress(dst_checkpoint, identity, target,
-                                 {"path": relpath[target], "size": size, "crc32c": crc})
+    def entry_of(target: int, size: int, crc: int) -> dict:
+        return {"path": relpath[target], "size": size, "crc32c": crc, "sources": used[target]}
 
-    written = execute(t, todo, where, seers, visible, metas, path_of, max_buffer, stats, progress, job.file_ids,
-                      show_progress)
-    stats.seconds = time.perf_counter() - start
+    def progress(target: int, size: int, crc: int) -> None:
+        manifest.record_progress(dst_checkpoint, identity, fingerprints, target, entry_of(target, size, crc))
+
+    written = execute(t, todo, where, job.seers, job.visible, job.metas, path_of, max_buffer, stats, progress,
+                      job.file_ids, show_progress)
 
     # 6. Manifest, written last: every rank that owns targets writes the same document (atomically), so
     # each host's output directory gets one even without a shared disk.
-    mine = {tr: {"path": relpath[tr], "size": size, "crc32c": crc} for tr, (_, size, crc) in written.items()}
+    mine = {tr: entry_of(tr, size, crc) for tr, (_, size, crc) in written.items()}
     mine.update({int(k): v for k, v in kept_here.items()})
     files_all: dict[int, dict] = {}
     for blob in t.allgather_bytes(json.dumps(mine).encode()):
         files_all.update({int(k): v for k, v in json.loads(blob).items()})
-    if write_manifest and (any(r == t.rank for r in where.values()) or t.rank == 0):
-        manifest.write(dst_checkpoint, manifest.build(identity, files_all))
+    if write_manifest and writes_here:
+        manifest.write(dst_checkpoint, manifest.build(identity, fingerprints, files_all))
     manifest.clear_progress(dst_checkpoint, [tr for tr, r in where.items() if r == t.rank])
 
     all_stats = [RankStats(**json.loads(b)) for b in t.allgather_bytes(json.dumps(asdict(stats)).encode())]
-    paths = {tr: os.path.join(os.path.abspath(dst_checkpoint), f"rank_{tr}", plans[tr].filename) for tr in plans}
-    return Summary(os.path.abspath(dst_checkpoint), paths, where, all_stats, time.perf_counter() - start)
-
+    stats.seconds = 0.0
+    out_paths = {tr: os.path.abspath(p) for tr, p in paths.items()}
+    return Summary(os.path.abspath(dst_checkpoint), out_paths, where, all_stats, 0.0)

@@ -39,7 +39,8 @@ def test_killed_rank_ends_job_and_resume_finishes_it(example, tmp_path, stage):
     assert proc.returncode != 0
     # Targets whose completion was recorded before the crash must be kept; a file that reached its final
     # name just before the kill, without a record, is rightly redone.
-    recorded = {json.loads(p.read_text())["file"]["path"] for p in (dst / ".mpitrans_progress").glob("*.json")} \
+    recorded = {e["path"] for p in (dst / ".mpitrans_progress").glob("*.json")
+                for e in json.loads(p.read_text())["files"].values()} \
         if (dst / ".mpitrans_progress").exists() else set()
     done_before = {dst / rel: (dst / rel).stat().st_ino for rel in recorded}
     assert not (dst / "mpitrans_manifest.json").exists()
