@@ -14,8 +14,8 @@ import socket
 
 from mpitrans.engine import RankStats, Summary, execute, transform
 from mpitrans.errors import MpitransError, UnsupportedError
-from mpitrans.planner import Planner, TensorMeta, rank_list_for_strategies
-from mpitrans.storage.ckpt import index_checkpoint
+from mpitrans.planner import Planner, rank_list_for_strategies
+from mpitrans.storage.formats import open_source
 from mpitrans.strategy.merge import load_strategy
 from mpitrans.strategy.merge import merge_pipeline_strategys as merge_pipeline_strategys
 from mpitrans.transport import LocalTransport
@@ -82,7 +82,9 @@ def transform_checkpoint_by_rank(
     paths = {int(r): os.path.abspath(p) for r, p in checkpoint_files_map.items()}
     metas = {}
     for r, p in paths.items():
-        metas[r] = [TensorMeta(e.name, e.dtype, tuple(e.shape)) for e in index_checkpoint(p).entries]
+        reader = open_source(p)
+        metas[r] = reader.tensors()
+        reader.close()
     planner = Planner(src, dst, metas)
     plan = planner.plan(rank_id, load_order=list(paths))
     stats = RankStats(0, socket.gethostname())

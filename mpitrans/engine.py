@@ -32,11 +32,13 @@ from mpitrans.errors import MissingShardError, MpitransError
 from mpitrans.guard import Interrupted, JobGuard, report_once
 from mpitrans.joblock import JobLock
 from mpitrans.layout import box_shape
-from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta
+from mpitrans.metadata import TensorMeta, itemsize
+from mpitrans.planner import OutTensor, Planner, TargetPlan
 from mpitrans.progress import Progress
 from mpitrans.schedule import Chunk, Piece, build_chunks
 from mpitrans.sources import discover_sources, rank_dirs_without_checkpoint
-from mpitrans.storage.ckpt import CheckpointWriter, index_checkpoint, itemsize_of, read_box_into
+from mpitrans.storage.base import TargetWriter
+from mpitrans.storage.formats import CKPT, open_source, target_filename
 from mpitrans.strategy.codec import strategy_from_bytes, strategy_to_bytes
 from mpitrans.strategy.layout_map import layout_map
 from mpitrans.strategy.merge import load_strategy
@@ -154,38 +156,40 @@ def _metas_from_json(data: bytes) -> dict[int, list[TensorMeta]]:
 
 
 class _SourceFiles:
-    """Open source files and their indexes, opened on first use and kept for the job."""
+    """Open source readers, opened on first use and kept for the job."""
 
     def __init__(self, paths: dict[int, str], metas: dict[int, list[TensorMeta]]) -> None:
         self.paths = paths
         self.metas = {r: {m.name: m for m in ms} for r, ms in metas.items()}
-        self._fds: dict[int, int] = {}
-        self._index: dict[int, object] = {}
+        self._readers: dict[int, object] = {}
+        self._listed: dict[int, dict[str, TensorMeta]] = {}
+        self._checked: set[tuple[int, str]] = set()
         self.bytes_read = 0
 
-    def entry(self, src_rank: int, name: str):
-        if src_rank not in self._index:
-            path = self.paths[src_rank]
-            self._fds[src_rank] = os.open(path, os.O_RDONLY)
-            self._index[src_rank] = index_checkpoint(path)
-        entry = self._index[src_rank].get(name)
-        meta = self.metas.get(src_rank, {}).get(name)
-        if entry is None or (meta is not None and (tuple(entry.shape) != meta.shape or entry.dtype != meta.dtype)):
-            raise MpitransError(
-                f"{self.paths[src_rank]}: parameter {name!r} differs from the copy of this file other ranks "
-                f"indexed (missing, or another dtype/shape)"
-            )
-        return self._fds[src_rank], entry
+    def reader(self, src_rank: int, name: str):
+        reader = self._readers.get(src_rank)
+        if reader is None:
+            reader = self._readers[src_rank] = open_source(self.paths[src_rank])
+            self._listed[src_rank] = {m.name: m for m in reader.tensors()}
+        if (src_rank, name) not in self._checked:
+            here = self._listed[src_rank].get(name)
+            meta = self.metas.get(src_rank, {}).get(name)
+            if here is None or (meta is not None and here != meta):
+                raise MpitransError(
+                    f"{self.paths[src_rank]}: parameter {name!r} differs from the copy of this file other ranks "
+                    f"indexed (missing, or another dtype/shape)"
+                )
+            self._checked.add((src_rank, name))
+        return reader
 
     def read(self, piece: Piece, out: memoryview) -> None:
-        fd, entry = self.entry(piece.src_rank, piece.tensor)
-        read_box_into(fd, entry, piece.src_box, out)
+        self.reader(piece.src_rank, piece.tensor).read_box(piece.tensor, piece.src_box, out)
         self.bytes_read += len(out)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
 
 
 def _is_contiguous_sub_box(box, shape) -> bool:
@@ -240,29 +244,24 @@ class _DiskWriter(threading.Thread):
     the open temporary file and publishes and records nothing more.
     """
 
-    def __init__(
-        self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], itemsize: Callable[[str], int]
-    ) -> None:
+    def __init__(self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], fmt=CKPT) -> None:
         super().__init__(name="mpitrans-writer", daemon=True)
         self.targets = targets
         self.path_of = path_of
-        self.itemsize = itemsize
+        self.fmt = fmt
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         # Chunk buffers come back here once written, so the next rounds reuse them instead of paying
         # for fresh zeroed allocations; at most three exist (one filling, two queued).
         self.free: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.bytes_written = 0
-        self.paths: dict[int, str] = {}
         self.chunk_hint = 0
         self.rank = 0
         self.results: dict[int, tuple[str, int, int]] = {}  # target -> (path, size, crc32c)
         self.on_done: Callable[[int, int, int], None] | None = None
-        self._expected = [sum(prod(x.shape) * itemsize(x.dtype) for x in t.tensors) for t in targets]
-        self._received = [0] * len(targets)
 
     def run(self) -> None:
-        current: CheckpointWriter | None = None
+        current: TargetWriter | None = None
         current_index = -1
         opened: set[int] = set()
         ended = False
@@ -285,11 +284,8 @@ class _DiskWriter(threading.Thread):
                         current_index = seg.target_index
                         opened.add(current_index)
                     tensor = self.targets[seg.target_index].tensors[seg.tensor_index]
-                    if seg.start == 0:
-                        current.begin_tensor(tensor.name, tensor.dtype, tensor.shape)
-                    n = (seg.stop - seg.start) * self.itemsize(tensor.dtype)
+                    n = (seg.stop - seg.start) * itemsize(tensor.dtype)
                     current.write(view[seg.chunk_offset:seg.chunk_offset + n])
-                    self._received[seg.target_index] += n
                     self.bytes_written += n
                     fault_point("mid-write", self.rank)
                 del view
@@ -311,23 +307,19 @@ class _DiskWriter(threading.Thread):
                 item = self.queue.get()
                 ended = item is END or item is ABORT
 
-    def _open(self, index: int) -> CheckpointWriter:
+    def _open(self, index: int) -> TargetWriter:
         target = self.targets[index]
         path = self.path_of(target)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.paths[target.rank] = path
-        return CheckpointWriter(path, checksum=True)
+        tensors = [TensorMeta(x.name, x.dtype, x.shape) for x in target.tensors]
+        return self.fmt.open_target(path, tensors)
 
-    def _finish(self, index: int, writer: CheckpointWriter) -> None:
+    def _finish(self, index: int, writer: TargetWriter) -> None:
+        done = writer.commit()  # refuses (and removes) a target that did not get every byte
         target = self.targets[index].rank
-        if self._received[index] != self._expected[index]:  # never publish a target with a gap
-            writer.abort()
-            raise MpitransError(f"internal error: target rank {target} got {self._received[index]} of its "
-                                f"{self._expected[index]} bytes; {writer.path} was not written")
-        writer.close()
-        self.results[target] = (writer.path, writer.size, writer.checksum or 0)
+        self.results[target] = (done.path, done.size, done.crc32c)
         if self.on_done is not None:
-            self.on_done(target, writer.size, writer.checksum or 0)
+            self.on_done(target, done.size, done.crc32c)
 
 
 class _Aborted(Exception):
@@ -404,7 +396,7 @@ def _run_rounds(
     gens = {}
     for w in writers:
         mine = [plans[tr] for tr in sorted(plans) if placement[tr] == w]
-        gens[w] = build_chunks(mine, chunk_bytes, itemsize_of, chooser(w))
+        gens[w] = build_chunks(mine, chunk_bytes, itemsize, chooser(w))
     while gens:
         chunks: dict[int, Chunk] = {}
         for w in list(gens):
@@ -512,7 +504,7 @@ def execute(
     fanout = max(1, t.size - 1)
     chunk_bytes = max(1 << 20, min(max_buffer // (3 + min(fanout, 8)), 512 << 20))
     mine_targets = [plans[tr] for tr in sorted(plans) if where[tr] == t.rank]
-    writer = _DiskWriter(mine_targets, path_of, itemsize_of) if mine_targets else None
+    writer = _DiskWriter(mine_targets, path_of) if mine_targets else None
     if writer is not None:
         writer.chunk_hint = chunk_bytes
         writer.rank = t.rank
@@ -529,7 +521,7 @@ def execute(
     try:
         progress = None
         if show_progress and t.rank == 0:
-            total = sum(prod(x.shape) * itemsize_of(x.dtype) for p in plans.values() for x in p.tensors)
+            total = sum(prod(x.shape) * itemsize(x.dtype) for p in plans.values() for x in p.tensors)
             progress = Progress(total)
         _run_rounds(t, plans, where, seers, files, writer, chunk_bytes, stats, file_ids, progress)
         finished = True
@@ -625,8 +617,9 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
             owners = seers[g]
             if owners[i % len(owners)] != t.rank:
                 continue
-            idx = index_checkpoint(inventories[t.rank][str(g)])
-            metas[g] = [TensorMeta(e.name, e.dtype, tuple(e.shape)) for e in idx.entries]
+            reader = open_source(inventories[t.rank][str(g)])
+            metas[g] = reader.tensors()
+            reader.close()
         return _metas_to_json(metas)
 
     mine = _agree(t, index_mine)
@@ -788,12 +781,12 @@ def _transform(t: Transport, src_checkpoint: str, dst_checkpoint: str, src_strat
     _agree(t, lambda: check_destination(dst_checkpoint, src_checkpoint, job.visible))
 
     def path_of(target: TargetPlan) -> str:
-        return os.path.join(dst_checkpoint, f"rank_{target.rank}", target.filename)
+        return os.path.join(dst_checkpoint, f"rank_{target.rank}", target_filename(target.stem))
 
     used = {tr: _sources_of(p) for tr, p in plans.items()}
     fingerprints = _fingerprints(t, job, {g for gs in used.values() for g in gs})
     identity = manifest.job_identity(job.src_bytes, job.dst_bytes, prefix)
-    relpath = {tr: os.path.join(f"rank_{tr}", plans[tr].filename) for tr in plans}
+    relpath = {tr: os.path.join(f"rank_{tr}", target_filename(plans[tr].stem)) for tr in plans}
     writes_here = any(r == t.rank for r in where.values()) or t.rank == 0
 
     # The job lock comes before anything touches the output directory (cleanup included).

@@ -21,9 +21,8 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from mpitrans import __version__
-from mpitrans.storage.ckpt import _crc32c as file_crc32c_bytes
-from mpitrans.storage.ckpt import _fsync_dir as fsync_dir
-from mpitrans.storage.ckpt import file_crc32c
+from mpitrans.storage.base import write_atomically
+from mpitrans.storage.checksum import crc32c, file_crc32c
 
 MANIFEST_NAME = "mpitrans_manifest.json"
 # One small file per finished target while a job runs, so a killed job can still be resumed; removed
@@ -54,10 +53,10 @@ def fingerprint(path: str) -> dict:
     st = os.stat(path)
     value = 0
     with open(path, "rb", buffering=0) as f:
-        value = file_crc32c_bytes(f.read(FINGERPRINT_BYTES), value)
+        value = crc32c(f.read(FINGERPRINT_BYTES), value)
         if st.st_size > FINGERPRINT_BYTES:
             f.seek(max(FINGERPRINT_BYTES, st.st_size - FINGERPRINT_BYTES))
-            value = file_crc32c_bytes(f.read(FINGERPRINT_BYTES), value)
+            value = crc32c(f.read(FINGERPRINT_BYTES), value)
     return {"name": os.path.basename(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32c": value}
 
 
@@ -159,19 +158,7 @@ def reusable(dst_dir: str, record: Mapping | None, identity: dict, sources: Mapp
 
 
 def _atomic_json(path: str, data: Mapping, indent: int | None = None) -> None:
-    """Temp file, fsync, rename, directory fsync: a reader sees the old document or the new one."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(path) or ".")
+    write_atomically(path, json.dumps(data, indent=indent, sort_keys=True).encode())
 
 
 def record_progress(dst_dir: str, identity: dict, sources: Mapping[int, Mapping], target: int,

@@ -26,6 +26,7 @@ from mpitrans.layout import (
     resolved_opt_shard_size,
     tensor_strategy,
 )
+from mpitrans.metadata import TensorMeta
 from mpitrans.needed_ranks import needed_source_ranks
 from mpitrans.strategy.layout_map import layout_map, pipeline_stage_num, src_dst_layout_maps
 from mpitrans.strategy.model import ParamLayout, StrategyFile
@@ -33,15 +34,6 @@ from mpitrans.strategy.model import ParamLayout, StrategyFile
 # MindSpore skips these optimizer-state prefixes when deciding whether a source strategy covers only one
 # pipeline stage of the target model.
 _OPTIMIZER_PREFIXES = ("accu_grads", "adam_v", "adam_m")
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    """What the planner needs to know about one tensor of one source file."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -64,7 +56,7 @@ class OutTensor:
 @dataclass
 class TargetPlan:
     rank: int  # global target rank (the `rank_x` directory)
-    filename: str  # file name inside rank_x/
+    stem: str  # file name inside rank_x/ without the format's suffix (`checkpoint_3`, `checkpoint_3_part0`)
     tensors: list[OutTensor] = field(default_factory=list)
 
 
@@ -147,10 +139,10 @@ class Planner:
             return list(range(self.dst_stage_devices))
         return list(range(self.dst_stage_devices * self.dst_stages))
 
-    def filename(self, rank: int) -> str:
+    def stem(self, rank: int) -> str:
         if self.by_stage:
-            return f"{self.prefix}{rank}_part{self.src.stage}.ckpt"
-        return f"{self.prefix}{rank}.ckpt"
+            return f"{self.prefix}{rank}_part{self.src.stage}"
+        return f"{self.prefix}{rank}"
 
     # -- MindSpore's needed-rank list --------------------------------------------------------------
 
@@ -241,7 +233,7 @@ class Planner:
         return tuple(out)
 
     def _build(self, rank, local, order, first_shape, chosen, src_map, dst_map) -> TargetPlan:
-        plan = TargetPlan(rank, self.filename(rank))
+        plan = TargetPlan(rank, self.stem(rank))
         deferred: list[str] = []
         device_num = -1
         for name in order:

@@ -29,9 +29,10 @@ from mpitrans.engine import (
     round_robin_placement,
 )
 from mpitrans.errors import MpitransError
+from mpitrans.metadata import itemsize
 from mpitrans.planner import TargetPlan
 from mpitrans.schedule import contiguous_boxes
-from mpitrans.storage.ckpt import index_checkpoint, itemsize_of, read_box_into
+from mpitrans.storage.formats import open_source, target_filename
 from mpitrans.transport import make_transport
 
 
@@ -57,24 +58,24 @@ class _Comparer(threading.Thread):
         self.error: BaseException | None = None
         self.chunk_hint = 0
         self.failures: dict[int, str] = {}
-        self._open: dict[int, tuple[int, object]] = {}
+        self._open: dict[int, object] = {}
 
     def _target_file(self, index: int):
         if index not in self._open:
             target = self.targets[index]
             path = self.path_of(target)
             try:
-                index_ = index_checkpoint(path)
+                reader = open_source(path)
             except MpitransError as exc:  # a corrupt target is a failed check, not a failed job
                 self.failures.setdefault(target.rank, str(exc))
-                self._open[index] = (os.open(path, os.O_RDONLY), None)
-                return self._open[index]
-            got = [(e.name, e.dtype, tuple(e.shape)) for e in index_.entries]
+                self._open[index] = None
+                return None
+            got = [(m.name, m.dtype, tuple(m.shape)) for m in reader.tensors()]
             want = [(x.name, x.dtype, tuple(x.shape)) for x in target.tensors if all(x.shape)]
             if got != want:
                 detail = _first_difference(want, got)
                 self.failures.setdefault(target.rank, detail)
-            self._open[index] = (os.open(path, os.O_RDONLY), index_)
+            self._open[index] = reader
         return self._open[index]
 
     def run(self) -> None:
@@ -86,19 +87,18 @@ class _Comparer(threading.Thread):
                     target = self.targets[seg.target_index]
                     if target.rank in self.failures or seg.start == seg.stop:
                         continue
-                    fd, idx = self._target_file(seg.target_index)
+                    reader = self._target_file(seg.target_index)
                     if target.rank in self.failures:
                         continue
                     tensor = target.tensors[seg.tensor_index]
-                    entry = idx.get(tensor.name)
-                    isz = itemsize_of(tensor.dtype)
+                    isz = itemsize(tensor.dtype)
                     actual = bytearray((seg.stop - seg.start) * isz)
                     out = memoryview(actual)
                     for box, off in contiguous_boxes(tensor.shape, seg.start, seg.stop):
                         n = 1
                         for a, b in box:
                             n *= b - a
-                        read_box_into(fd, entry, box, out[off * isz:(off + n) * isz])
+                        reader.read_box(tensor.name, box, out[off * isz:(off + n) * isz])
                     expected = view[seg.chunk_offset:seg.chunk_offset + len(actual)]
                     if expected != out:
                         self.failures[target.rank] = (
@@ -111,8 +111,9 @@ class _Comparer(threading.Thread):
             while self.queue.get() is not None:
                 pass
         finally:
-            for fd, _ in self._open.values():
-                os.close(fd)
+            for reader in self._open.values():
+                if reader is not None:
+                    reader.close()
 
 
 def _first_difference(want, got) -> str:
@@ -140,7 +141,7 @@ def verify(
     job = prepare(t, src_checkpoint, src_strategy, dst_strategy, prefix)
 
     def path_of(target: TargetPlan) -> str:
-        return os.path.join(dst_checkpoint, f"rank_{target.rank}", target.filename)
+        return os.path.join(dst_checkpoint, f"rank_{target.rank}", target_filename(target.stem))
 
     here = [tr for tr, plan in job.plans.items() if os.path.isfile(path_of(plan))]
     seen_by: dict[int, list[int]] = {}

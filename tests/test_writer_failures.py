@@ -11,13 +11,13 @@ from mpitrans.engine import ABORT, END, _DiskWriter
 from mpitrans.errors import MpitransError
 from mpitrans.planner import OutTensor, Region, TargetPlan
 from mpitrans.schedule import Chunk, Segment
-from mpitrans.storage.ckpt import index_checkpoint, itemsize_of
+from mpitrans.storage.ckpt import index_checkpoint
 
 
 def _targets() -> list[TargetPlan]:
     region = Region(((0, 4),), ((0, 4),), (0,))
-    return [TargetPlan(r, f"checkpoint_{r}.ckpt", [OutTensor(f"w{r}", "Float32", (4,), (region,)),
-                                                   OutTensor(f"b{r}", "Float32", (4,), (region,))])
+    return [TargetPlan(r, f"checkpoint_{r}", [OutTensor(f"w{r}", "float32", (4,), (region,)),
+                                              OutTensor(f"b{r}", "float32", (4,), (region,))])
             for r in range(2)]
 
 
@@ -26,7 +26,7 @@ def _chunk(target: int, tensor: int) -> tuple[Chunk, bytearray]:
 
 
 def _writer(tmp_path: Path, done: list) -> _DiskWriter:
-    w = _DiskWriter(_targets(), lambda t: str(tmp_path / f"rank_{t.rank}" / t.filename), itemsize_of)
+    w = _DiskWriter(_targets(), lambda t: str(tmp_path / f"rank_{t.rank}" / f"{t.stem}.ckpt"))
     w.on_done = lambda target, size, crc: done.append(target)
     w.start()
     return w
@@ -81,7 +81,7 @@ def test_end_with_a_missing_tensor_is_an_error_not_a_short_file(tmp_path):
         w.queue.put(item)
     w.queue.put(END)
     w.join(10)
-    assert isinstance(w.error, MpitransError) and "target rank 1" in str(w.error)
+    assert isinstance(w.error, MpitransError) and "checkpoint_1.ckpt: incomplete (parameter 'b1'" in str(w.error)
     assert done == [0] and not (tmp_path / "rank_1" / "checkpoint_1.ckpt").exists()
     assert not _leftovers(tmp_path)
 

@@ -98,7 +98,7 @@ def assert_index_matches(path: Path, specs: list[Spec]) -> ckpt.CheckpointIndex:
 def small_records(monkeypatch: pytest.MonkeyPatch) -> int:
     """Make MindSpore and our writer cut records every KiB, so multi-record tensors stay tiny."""
     monkeypatch.setattr(serialization, "SLICE_SIZE", 1)
-    monkeypatch.setattr(ckpt, "RECORD_BYTES", 1024)
+    monkeypatch.setattr(ckpt.format, "RECORD_BYTES", 1024)
     return 1024
 
 
@@ -214,7 +214,7 @@ def test_streamed_writes_in_odd_chunks_equal_whole_writes(tmp_path: Path, small_
 
 def test_records_cut_mid_element_read_correctly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Our reader must not assume record boundaries fall on rows or even on elements."""
-    monkeypatch.setattr(ckpt, "RECORD_BYTES", 13)
+    monkeypatch.setattr(ckpt.format, "RECORD_BYTES", 13)
     rng = np.random.default_rng(4)
     specs = [("m", "Float64", (6, 5), random_raw(rng, "Float64", (6, 5))),
              ("s", "Int32", (), random_raw(rng, "Int32", ()))]
@@ -249,9 +249,9 @@ def test_async_save_layout_rows_split_unevenly(tmp_path: Path, monkeypatch: pyte
 def test_read_box_matches_numpy_slicing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gather: int,
                                         window: int) -> None:
     """Every read strategy (run by run, gathered windows, windows below a slab) gives numpy's answer."""
-    monkeypatch.setattr(ckpt, "GATHER_BYTES_PER_RUN", gather)
-    monkeypatch.setattr(ckpt, "READ_WINDOW", window)
-    monkeypatch.setattr(ckpt, "RECORD_BYTES", 1000)
+    monkeypatch.setattr(ckpt.boxread, "GATHER_BYTES_PER_RUN", gather)
+    monkeypatch.setattr(ckpt.boxread, "READ_WINDOW", window)
+    monkeypatch.setattr(ckpt.format, "RECORD_BYTES", 1000)
     rng = np.random.default_rng(gather + window)
     cases = [("Float16", (13,)), ("Int32", (6, 7)), ("BFloat16", (4, 5, 6)), ("Float64", (3, 1, 4, 5)),
              ("Bool", (2, 3, 4, 5, 2)), ("UInt8", (40, 33)), ("Int64", (1,)), ("Float32", ())]
@@ -301,7 +301,7 @@ def test_contiguous_box_is_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     entry = index_checkpoint(tmp_path / "c.ckpt")["c"]
     calls = []
     real = os.preadv
-    monkeypatch.setattr(ckpt.os, "preadv", lambda fd, bufs, off: calls.append(off) or real(fd, bufs, off))
+    monkeypatch.setattr(ckpt.boxread.os, "preadv", lambda fd, bufs, off: calls.append(off) or real(fd, bufs, off))
     assert bytes(read_box(tmp_path / "c.ckpt", entry, ((3, 9), (0, 16), (0, 16)))) == raw[768:2304]
     assert bytes(read_box(tmp_path / "c.ckpt", entry, ((5, 6), (2, 7), (0, 16)))) == raw[1312:1392]
     assert len(calls) == 2
@@ -492,7 +492,7 @@ def sample_file() -> tuple[bytes, list[Spec]]:
              ("bf", "BFloat16", (41,), random_raw(rng, "BFloat16", (41,))),
              ("flag", "Bool", (3,), random_raw(rng, "Bool", (3,)))]
     with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ckpt, "RECORD_BYTES", 24)
+        mp.setattr(ckpt.format, "RECORD_BYTES", 24)
         data = our_save(Path(d) / "s.ckpt", specs, crc_check=True)
     return data, specs
 
@@ -578,7 +578,7 @@ def test_fuzz_round_trip(tmp_path: Path, tensors: list, record_bytes: int, seed:
     specs = [(f"t{i}", d, s, random_raw(rng, d, s)) for i, (d, s) in enumerate(tensors)]
     path = tmp_path / "rt.ckpt"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ckpt, "RECORD_BYTES", record_bytes)
+        mp.setattr(ckpt.format, "RECORD_BYTES", record_bytes)
         our_save(path, specs)
     if all(prod(s[2]) == 0 for s in specs):
         with pytest.raises(CheckpointFormatError, match="empty"):
