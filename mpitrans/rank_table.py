@@ -731,12 +731,15 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from mpitrans.cli import DEBUG_HELP, ArgumentParser  # one-line usage errors, like every subcommand
+
+    p = ArgumentParser(
         prog="python -m mpitrans rank-table",
         description="Make, join and inspect HCCL rank tables (RANK_TABLE_FILE) and derive MPI hostfiles "
         "from them. Works without Ascend hardware.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="cmd", metavar="{generate,merge,hostfile,show,is-local}")
     sub.required = True
 
@@ -790,10 +793,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m mpitrans rank-table ...`; returns the exit status."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
+    """`python -m mpitrans rank-table ...`; returns the exit status. A user error is one line
+    `mpitrans: error: ...` (status 1, or 2 for a bad command line); `--debug` adds its traceback."""
+    from mpitrans.cli import take_flag
+
+    flagged, argv = take_flag(list(sys.argv[1:] if argv is None else argv), "--debug")
+    debug = debug or flagged
     try:
+        args = _parser().parse_args(argv)
         if args.cmd == "generate":
             tool = None if args.hccn_tool.lower() == "none" else args.hccn_tool
             table, logical = build(args.device_num, args.visible_devices, args.server_ip, args.device_ips,
@@ -834,10 +842,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             print("every server is this machine")
         return 0
-    except (RankTableError, OSError) as exc:
+    except (MpitransError, OSError) as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         msg = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
-        print(f"mpitrans rank-table: error: {msg}", file=sys.stderr)
-        return 1
+        print(f"mpitrans: error: {msg}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
 
 
 if __name__ == "__main__":

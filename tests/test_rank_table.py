@@ -436,8 +436,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert rt.main(["show", str(tmp_path / "bad.json")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("mpitrans rank-table: error: ") and "missing version" in err
+    assert err.startswith("mpitrans: error: ") and "missing version" in err and err.count("\n") == 1
     assert rt.main(["merge", str(tmp_path / "absent.json")]) == 1
+    capsys.readouterr()
+    assert rt.main(["shw", str(tmp_path / "bad.json")]) == 2  # a usage error too: one line, no usage text
+    err = capsys.readouterr().err
+    assert err.startswith("mpitrans: error: argument") and "invalid choice: 'shw'" in err and err.count("\n") == 1
+    assert rt.main(["--debug", "show", str(tmp_path / "bad.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last)") and err.endswith("missing version\n")
     with pytest.raises(SystemExit) as exc:
         rt.main(["--help"])
     assert exc.value.code == 0
