@@ -559,6 +559,11 @@ def merge(paths: Sequence[str | os.PathLike], sort_by_ip: bool = False,
 # ------------------------------------------------------------------------------------ hostfile & show
 
 
+# What a hostfile line may start with: a host name, IPv4 or IPv6 address (with %zone), optionally user@.
+# Anything else (a space, ';', '#', a quote) would be read by the launcher as another token or a comment.
+_HOSTFILE_NAME = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*@)?[A-Za-z0-9:][A-Za-z0-9_.:%-]*")
+
+
 def hostfile(table: RankTable, fmt: str = "openmpi") -> str:
     """One line per server in table order: `host slots=K` (Open MPI) or `host:K` (MPICH, Intel MPI).
 
@@ -567,6 +572,13 @@ def hostfile(table: RankTable, fmt: str = "openmpi") -> str:
     """
     if fmt not in ("openmpi", "mpich"):
         raise RankTableError(f"hostfile format {fmt!r}: expected openmpi or mpich")
+    for i, s in enumerate(table.servers):
+        if not _HOSTFILE_NAME.fullmatch(s.server_id):
+            raise RankTableError(
+                f"{table._name()}: server_list[{i}].server_id {s.server_id!r} cannot go into a hostfile: a host "
+                "name or address there is letters, digits and . - _ : % @ only (no spaces, ';', '#' or "
+                "quotes); give the server's address or host name"
+            )
     line = "{} slots={}" if fmt == "openmpi" else "{}:{}"
     return "".join(line.format(s.server_id, len(s.devices)) + "\n" for s in table.servers)
 
