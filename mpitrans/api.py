@@ -44,9 +44,10 @@ def transform_checkpoints(
         raise UnsupportedError(f"output_format {output_format!r}: mpitrans reads and writes .ckpt only")
     if not os.path.isdir(src_checkpoints_dir):
         raise MpitransError(f"src_checkpoints_dir {src_checkpoints_dir} is not a directory")
-    # Exactly MindSpore's outputs: no manifest beside them.
+    # Exactly MindSpore's outputs: no manifest beside them; existing files are replaced, as MindSpore's
+    # save_checkpoint replaces them (mpitrans.transform itself refuses unless overwrite=True).
     return transform(src_checkpoints_dir, dst_checkpoints_dir, src_strategy_file, dst_strategy_file,
-                     prefix=ckpt_prefix, comm=LocalTransport(), write_manifest=False)
+                     prefix=ckpt_prefix, comm=LocalTransport(), overwrite=True, write_manifest=False)
 
 
 def rank_list_for_transform(

@@ -1,8 +1,11 @@
 """Command line: `python -m mpitrans [subcommand] ...`, normally under mpirun.
 
-With no subcommand the job is the transform. Errors found before any byte moves are agreed on by every
-rank and reported once by rank 0; anything that goes wrong while bytes move aborts the whole MPI job at
-once, because a rank that simply exits would leave its peers waiting forever.
+With no subcommand the job is the transform. A user error (a bad flag or size, a bad configuration file,
+an output directory that cannot be written, a bad source or strategy) is one line `mpitrans: error: ...`
+without a traceback (`--debug` shows it): every rank takes part in finding it, rank 0 prints it once, and
+no rank exits before rank 0 has printed, because mpirun kills the rest of a job as soon as one process
+exits with an error. Anything that goes wrong while bytes move aborts the whole MPI job at once, because
+a rank that simply exits would leave its peers waiting forever.
 """
 
 from __future__ import annotations
@@ -12,7 +15,15 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from mpitrans.config import SIZE_FORMS, parse_size
+from mpitrans.errors import MpitransError, UsageError
+
+__all__ = ["SIZE_FORMS", "ArgumentParser", "check_output_dir", "main", "parse_size", "take_flag"]
 
 EXAMPLE = """\
 examples:
@@ -31,8 +42,37 @@ subcommands:
 """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a bad command line raises `UsageError` instead of printing the usage and
+    exiting: under mpirun every process would print it, and a process that exits at once can have mpirun
+    kill the one whose message was still on its way. The error then takes the same path as every other
+    user error: one line, agreed on by all ranks, printed once."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)") from None
+
+
+DEBUG_HELP = "show the traceback of an error too (by default a user error is one line)"
+
+
+def take_flag(argv: Sequence[str], flag: str) -> tuple[bool, list[str]]:
+    """(whether `flag` is in argv before any `--`, argv without it). `--debug` is taken out before any
+    parsing so that it works anywhere on the line and even when the rest of the line is what is wrong."""
+    out: list[str] = []
+    found = False
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            out += argv[i:]
+            break
+        if tok == flag:
+            found = True
+        else:
+            out.append(tok)
+    return found, out
+
+
 def _transform_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m mpitrans",
         description="Reshard MindSpore distributed checkpoints to a new parallel layout, across all the "
         "processes of one MPI job. Each process reads only the byte ranges it needs from the files it can "
@@ -69,13 +109,15 @@ def _transform_parser() -> argparse.ArgumentParser:
                    "src_strategy_path_or_dir, dst_checkpoint, dst_strategy, prefix, ...); command-line flags "
                    "win; ./mpitrans.yaml is read when present and no flags are given")
     p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default=_default_max_buffer(), metavar="SIZE",
-                   help=f"bytes of chunk buffers each process may hold (e.g. 64M, 1G; default {_default_max_buffer()}, "
-                   "which already keeps the disks busy in our benchmark; more only raises memory)")
+                   help=f"bytes of chunk buffers each process may hold: {SIZE_FORMS} (default "
+                   f"{_default_max_buffer()}, which already keeps the disks busy in our benchmark; more only "
+                   "raises memory)")
     p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE",
                    help="also write the run summary as JSON to FILE (rank 0)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level of rank 0 (others: WARNING)")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return p
 
 
@@ -86,13 +128,139 @@ def _default_max_buffer() -> str:
     return f"{DEFAULT_MAX_BUFFER >> 20}M"
 
 
-def parse_size(text: str) -> int:
-    """'256M', '1G', '65536' -> bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    s = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if s and s[-1] in units:
-        return int(float(s[:-1]) * units[s[-1]])
-    return int(s)
+def _size_option(text: str, flag: str = "--max-buffer") -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+# A target is written as `.{name}.tmp-{pid}` and renamed to `{name}` = `{prefix}{rank}.ckpt` (or
+# `{prefix}{rank}_part{stage}.ckpt`). The target count is not known before the strategies are read, so
+# the check allows 6 digits of rank, `_part` and 3 digits of stage, and 7 digits of pid.
+_NAME_EXTRA = len(".") + 6 + len("_part") + 3 + len(".ckpt") + len(".tmp-") + 7
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _name_max(path: str) -> int:
+    try:
+        return int(os.pathconf(path, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def check_output_dir(dst: str, prefix: str) -> None:
+    """Refuse an output directory the transform could not write into, before any byte moves.
+
+    Otherwise these surface only when the first target is opened: as a traceback, after other ranks have
+    already started writing. Each rank checks the disk it will write to (without a shared disk each host
+    has its own). Nothing is created here: a job refused for another reason leaves no empty directory.
+    """
+    if os.path.lexists(dst) and not os.path.isdir(dst):
+        what = "a file" if os.path.isfile(dst) else "a dangling link" if os.path.islink(dst) else "not a directory"
+        raise MpitransError(f"--dst-checkpoint {dst} is {what}; give a directory (it is created if absent)")
+    base = _nearest_existing(dst)
+    if not os.path.isdir(base):
+        raise MpitransError(f"--dst-checkpoint {dst} cannot be created: {base} is not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        why = "Read-only file system" if _read_only(base) else "Permission denied"
+        where = "" if base == os.path.abspath(dst) else f" (its existing parent {base})"
+        raise MpitransError(f"cannot write to the output directory {dst}{where}: {why}")
+    limit = _name_max(base)
+    if len(os.fsencode(prefix)) + _NAME_EXTRA > limit:
+        raise MpitransError(
+            f"--prefix is {len(os.fsencode(prefix))} bytes long: output file names ({prefix[:16]}...<rank>.ckpt, "
+            f"written as .<name>.tmp-<pid>) would exceed the {limit}-byte limit of file names under {base}; "
+            f"use a prefix of at most {limit - _NAME_EXTRA} bytes"
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, MpitransError):
+        if exc.filename is not None:
+            return f"{exc.strerror or exc}: {exc.filename}"
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+def _exit_code(exc: BaseException) -> int:
+    return int(getattr(exc, "exit_code", 1))
+
+
+def _wait_for_peers(t, timeout: float = 60.0) -> None:
+    """Return once every rank got here; abort the job if one does not within `timeout` seconds.
+
+    Used after rank 0 printed an error that every rank knows about: no rank may exit before that (mpirun
+    would kill rank 0 with its message unprinted), and none may wait for ever either."""
+    comm = getattr(t, "comm", None)
+    if comm is None or t.size == 1:
+        return
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + timeout
+    while not request.Test():
+        if time.monotonic() > deadline:
+            print(f"mpitrans: rank {t.rank}: the other ranks did not stop within {timeout:.0f} s; aborting the job",
+                  file=sys.stderr, flush=True)
+            t.abort(1)
+        time.sleep(0.005)
+
+
+def _report_once(t, message: str, trace: str = "") -> None:
+    """Rank 0 prints `message` (after `trace` when --debug asked for it); every rank then waits for it."""
+    if t.rank == 0:
+        if trace:
+            sys.stderr.write(trace)
+        print(f"mpitrans: error: {message}", file=sys.stderr, flush=True)
+    _wait_for_peers(t)
+
+
+def _agreed(t, fn: Callable[[], object], debug: bool) -> tuple[object, int | None]:
+    """Run `fn` (reading and checking the command line) on every rank and agree on the outcome.
+
+    Returns (its value, None) when it succeeded on every rank, else (None, exit status) on every rank,
+    after rank 0 printed the lowest rank's error once (or after --help was printed: status 0). A bug (any
+    other exception) is shown with its traceback and ends the whole job, since peers wait for this rank.
+    """
+    value = None
+    outcome = {"stop": False, "code": 0, "message": "", "trace": ""}
+    try:
+        value = fn()
+    except SystemExit as exc:  # --help: argparse has printed it
+        outcome = {"stop": True, "code": exc.code if isinstance(exc.code, int) else 0, "message": "", "trace": ""}
+    except (MpitransError, OSError) as exc:
+        outcome = {"stop": True, "code": _exit_code(exc), "message": _describe(exc),
+                   "trace": traceback.format_exc() if debug else ""}
+    except BaseException as exc:  # noqa: BLE001 - a bug: show it, and end the job (peers are waiting)
+        traceback.print_exc()
+        print(f"mpitrans: rank {t.rank} failed: {exc!r}; aborting the job", file=sys.stderr)
+        t.abort(1)
+        raise
+    outcomes = [json.loads(b) for b in t.allgather_bytes(json.dumps(outcome).encode())]
+    failed = [(r, o) for r, o in enumerate(outcomes) if o["message"]]
+    if failed:
+        r, first = failed[0]
+        same = len(failed) == t.size and all(o["message"] == first["message"] for _, o in failed)
+        _report_once(t, first["message"] if same else f"rank {r}: {first['message']}", first["trace"])
+        return None, first["code"] or 1
+    if any(o["stop"] for o in outcomes):
+        return None, max(o["code"] for o in outcomes)
+    return value, None
 
 
 def _setup_logging(rank: int, level: str, quiet: bool) -> None:
@@ -122,41 +290,62 @@ def format_summary(summary) -> str:
 
 
 def _world_rank() -> int:
-    return int(os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or 0)
+    """This process's rank when a launcher started it (before, or without, MPI being initialised)."""
+    for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
 
 
-def _run_transform(argv: Sequence[str]) -> int:
-    from mpitrans.config import apply_config
-    from mpitrans.errors import MpitransError
-
+def _write_json_summary(path: str, data: object) -> int:
     try:
-        argv = apply_config(list(argv))  # before parsing: the required flags may come from the file
-    except MpitransError as exc:
-        if _world_rank() == 0:
-            print(f"mpitrans: error: {exc}", file=sys.stderr)
-        return 2
-    args = _transform_parser().parse_args(argv)
-    from mpitrans.engine import JobError, transform
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+    except OSError as exc:
+        print(f"mpitrans: error: cannot write the JSON summary: {_describe(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
     from mpitrans.transport import make_transport
 
+    # The transport comes first, so that every rank takes part in judging the command line and the
+    # configuration file, and rank 0 reports what is wrong once, with no rank exiting before it printed.
     t = make_transport(None)
+
+    def setup() -> argparse.Namespace:
+        from mpitrans.config import apply_config
+        from mpitrans.engine import check_prefix
+
+        args = _transform_parser().parse_args(apply_config(list(argv)))  # the file may hold required flags
+        args.max_buffer = _size_option(args.max_buffer)
+        check_prefix(args.prefix)
+        check_output_dir(args.dst_checkpoint, args.prefix)
+        return args
+
+    args, code = _agreed(t, setup, debug)
+    if code is not None:
+        return code
+    assert isinstance(args, argparse.Namespace)
+    from mpitrans.engine import JobError, transform
+
     _setup_logging(t.rank, args.log_level, args.quiet)
     try:
         summary = transform(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
-                            prefix=args.prefix, comm=t, max_buffer=parse_size(args.max_buffer),
+                            prefix=args.prefix, comm=t, max_buffer=args.max_buffer,
                             rank_table=args.rank_table, overwrite=args.overwrite,
                             resume=args.resume, strict=True, show_progress=not args.quiet)
     except JobError as exc:  # every rank holds the same message: report once, exit cleanly
-        if t.rank == 0:
-            print(f"mpitrans: error: {exc}", file=sys.stderr)
+        _report_once(t, str(exc), traceback.format_exc() if debug else "")
         return 1
     except MpitransError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"mpitrans: error on rank {t.rank}: {exc}", file=sys.stderr)
         t.abort(1)
         return 1
     except BaseException as exc:  # a bug or an I/O failure mid-transfer: take the whole job down
-        import traceback
-
         traceback.print_exc()
         print(f"mpitrans: rank {t.rank} failed: {exc!r}; aborting the job", file=sys.stderr)
         t.abort(1)
@@ -165,49 +354,64 @@ def _run_transform(argv: Sequence[str]) -> int:
         if not args.quiet:
             print(format_summary(summary))
         if args.json_summary:
-            with open(args.json_summary, "w", encoding="utf-8") as f:
-                json.dump(summary.to_json(), f, indent=2)
+            return _write_json_summary(args.json_summary, summary.to_json())
     return 0
 
 
-def _run_merge(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m mpitrans merge-strategy",
-                                description="Merge per-stage strategy files into one file MindSpore can read.")
+def _run_local(argv: Sequence[str], debug: bool, body: Callable[[list[str]], int], everywhere: bool = False) -> int:
+    """A subcommand that works in one process: its user errors are one line (a traceback with --debug).
+
+    Under mpirun only rank 0 runs it (unless `everywhere`), so its output, its files and its errors
+    appear once; the other processes exit at once with status 0 and leave rank 0's status to mpirun."""
+    if not everywhere and _world_rank() != 0:
+        return 0
+    try:
+        return body(list(argv))
+    except (MpitransError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"mpitrans: error: {_describe(exc)}", file=sys.stderr)
+        return _exit_code(exc)
+
+
+def _merge(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m mpitrans merge-strategy",
+                       description="Merge per-stage strategy files into one file MindSpore can read.")
     p.add_argument("src", help="directory of per-stage strategy files (or one file)")
     p.add_argument("dst", help="merged strategy file to write (.json for JSON)")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = p.parse_args(argv)
-    from mpitrans.errors import MpitransError
     from mpitrans.strategy.merge import merge_pipeline_strategys
 
-    try:
-        merge_pipeline_strategys(args.src, args.dst)
-    except MpitransError as exc:
-        print(f"mpitrans: error: {exc}", file=sys.stderr)
-        return 1
+    merge_pipeline_strategys(args.src, args.dst)
     print(f"mpitrans: merged strategy written to {args.dst}")
     return 0
 
 
-def _run_rank_list(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m mpitrans rank-list",
-                                description="Print the source ranks MindSpore needs to build a target rank.")
+def _run_merge(argv: Sequence[str], debug: bool = False) -> int:
+    return _run_local(argv, debug, _merge)
+
+
+def _rank_list(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m mpitrans rank-list",
+                       description="Print the source ranks MindSpore needs to build a target rank.")
     p.add_argument("rank", type=int)
     p.add_argument("--src-strategy", "--src_strategy", dest="src_strategy")
     p.add_argument("--dst-strategy", "--dst_strategy", dest="dst_strategy")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = p.parse_args(argv)
     from mpitrans.api import rank_list_for_transform
-    from mpitrans.errors import MpitransError
 
-    try:
-        print(" ".join(map(str, rank_list_for_transform(args.rank, args.src_strategy, args.dst_strategy))))
-    except MpitransError as exc:
-        print(f"mpitrans: error: {exc}", file=sys.stderr)
-        return 1
+    print(" ".join(map(str, rank_list_for_transform(args.rank, args.src_strategy, args.dst_strategy))))
     return 0
 
 
-def _run_verify(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
+def _run_rank_list(argv: Sequence[str], debug: bool = False) -> int:
+    return _run_local(argv, debug, _rank_list)
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
         prog="python -m mpitrans verify",
         description="Check every target file against the source region it should hold, byte for byte, and "
         "against DIR/mpitrans_manifest.json when present. Run it with the same options as the transform, "
@@ -220,44 +424,56 @@ def _run_verify(argv: Sequence[str]) -> int:
     ):
         p.add_argument(*flags, dest=flags[0][2:].replace("-", "_"), **kw)
     p.add_argument("--prefix", default="checkpoint_")
-    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default=_default_max_buffer())
+    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default=_default_max_buffer(),
+                   metavar="SIZE", help=SIZE_FORMS)
     p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE")
-    args = p.parse_args(argv)
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    return p
+
+
+def _run_verify(argv: Sequence[str], debug: bool = False) -> int:
     from dataclasses import asdict
 
-    from mpitrans.engine import JobError
-    from mpitrans.errors import MpitransError
     from mpitrans.transport import make_transport
+
+    t = make_transport(None)  # first: every rank judges the command line, rank 0 reports (see _agreed)
+
+    def setup() -> argparse.Namespace:
+        args = _verify_parser().parse_args(list(argv))
+        args.max_buffer = _size_option(args.max_buffer)
+        return args
+
+    args, code = _agreed(t, setup, debug)
+    if code is not None:
+        return code
+    assert isinstance(args, argparse.Namespace)
+    from mpitrans.engine import JobError
     from mpitrans.verify import format_results, verify
 
-    t = make_transport(None)
     try:
         results = verify(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
-                         prefix=args.prefix, comm=t, max_buffer=parse_size(args.max_buffer))
+                         prefix=args.prefix, comm=t, max_buffer=args.max_buffer)
     except JobError as exc:
-        if t.rank == 0:
-            print(f"mpitrans: error: {exc}", file=sys.stderr)
+        _report_once(t, str(exc), traceback.format_exc() if debug else "")
         return 1
     except BaseException as exc:  # noqa: BLE001 - peers may be waiting: end the whole job
-        if not isinstance(exc, MpitransError):
-            import traceback
-
+        if debug or not isinstance(exc, MpitransError | OSError):
             traceback.print_exc()
-        print(f"mpitrans: rank {t.rank} failed: {exc}; aborting the job", file=sys.stderr)
+        print(f"mpitrans: error on rank {t.rank}: {_describe(exc)}; aborting the job", file=sys.stderr)
         t.abort(1)
         return 1
     if t.rank == 0:
         print(format_results(results))
-        if args.json_summary:
-            with open(args.json_summary, "w", encoding="utf-8") as f:
-                json.dump([asdict(r) for r in results], f, indent=2)
+        if args.json_summary and _write_json_summary(args.json_summary, [asdict(r) for r in results]):
+            return 1
     return 0 if all(r.ok for r in results) else 1
 
 
-def _run_rank_table(argv: Sequence[str]) -> int:
+def _run_rank_table(argv: Sequence[str], debug: bool = False) -> int:
     from mpitrans.rank_table import main as rank_table_main
 
-    return rank_table_main(list(argv))
+    # `generate` describes the server it runs on: started on every server by mpirun, each writes its own.
+    return _run_local(argv, debug, lambda a: rank_table_main(a, debug=debug), everywhere=argv[:1] == ["generate"])
 
 
 SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-table": _run_rank_table,
@@ -265,12 +481,12 @@ SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[argv[0]](argv[1:])
-    if argv and argv[0] == "transform":
-        argv = argv[1:]
-    code = _run_transform(argv)
+    """`python -m mpitrans [subcommand] ...`; returns the exit status (2: bad command line or config)."""
+    debug, args = take_flag(list(sys.argv[1:] if argv is None else argv), "--debug")
+    if args and args[0] in SUBCOMMANDS:
+        code = SUBCOMMANDS[args[0]](args[1:], debug)
+    else:
+        code = _run_transform(args[1:] if args[:1] == ["transform"] else args, debug)
     sys.stdout.flush()
     return code
 

@@ -24,6 +24,8 @@ DEFAULT_CONFIG = "mpitrans.yaml"
 class ConfigError(MpitransError):
     """The configuration file is unreadable, not flat YAML, or has an unknown or ill-typed key."""
 
+    exit_code = 2  # like a bad command line: the job was never described correctly
+
 
 # canonical key -> (command-line flag written for it, other key spellings accepted in the file)
 KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -198,6 +200,31 @@ def _parse(text: str, source: str) -> dict[str, object]:
     return {str(k): v for k, v in data.items()}
 
 
+# ------------------------------------------------------------------------------------------ sizes
+
+
+SIZE_FORMS = "a positive number of bytes, optionally with a unit K, M, G or T (powers of 1024): 65536, 64M, 1.5G"
+_SIZE = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*([KMGT]?)(?:I?B)?")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """'256M', '1.5G', '64KiB', '65536' -> bytes; ValueError (saying which forms are accepted) otherwise.
+
+    Checked as the command line or a configuration file is read, so a typo such as `--max-buffer abc`,
+    `0` or `-5` is one clear message before any process starts work, not a traceback or a job that
+    silently runs with a buffer it cannot use.
+    """
+    raw = str(text)
+    m = _SIZE.fullmatch(raw.strip().upper())
+    if not m:
+        raise ValueError(f"{raw!r} is not a size; give {SIZE_FORMS}")
+    n = int(float(m.group(1)) * _UNITS[m.group(2)])
+    if n <= 0:
+        raise ValueError(f"{raw!r} is not a positive size; give {SIZE_FORMS}")
+    return n
+
+
 # ----------------------------------------------------------------------------------------- loading
 
 
@@ -233,9 +260,13 @@ def normalize(raw: dict[str, object], source: str = "config") -> dict[str, objec
                                   f"got {value!r}")
             value = value.upper()
         elif canon == "max_buffer":
-            if isinstance(value, bool) or not isinstance(value, int | str):
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise ConfigError(f"{source}: max_buffer must be a size such as 256M or 1G, got {value!r}")
             value = str(value)
+            try:
+                parse_size(value)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: max_buffer: {exc}") from None
         elif canon == "prefix":
             if isinstance(value, bool) or not isinstance(value, str | int):
                 raise ConfigError(f"{source}: prefix must be a string, got {value!r}")

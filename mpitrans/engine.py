@@ -695,7 +695,7 @@ def transform(
     max_buffer: int = DEFAULT_MAX_BUFFER,
     placement: Callable[[Sequence[int], int], dict[int, int]] | None = None,
     rank_table: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     resume: bool = False,
     strict: bool = False,
     write_manifest: bool = True,

@@ -29,3 +29,9 @@ class LayoutError(MpitransError):
 
 class MissingShardError(MpitransError):
     """A source shard needed by some target is visible to no process."""
+
+
+class UsageError(MpitransError):
+    """The command line itself is wrong: an unknown flag, a missing or ill-formed value."""
+
+    exit_code = 2  # argparse's convention for a command line it cannot use

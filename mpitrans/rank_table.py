@@ -559,6 +559,11 @@ def merge(paths: Sequence[str | os.PathLike], sort_by_ip: bool = False,
 # ------------------------------------------------------------------------------------ hostfile & show
 
 
+# What a hostfile line may start with: a host name, IPv4 or IPv6 address (with %zone), optionally user@.
+# Anything else (a space, ';', '#', a quote) would be read by the launcher as another token or a comment.
+_HOSTFILE_NAME = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*@)?[A-Za-z0-9:][A-Za-z0-9_.:%-]*")
+
+
 def hostfile(table: RankTable, fmt: str = "openmpi") -> str:
     """One line per server in table order: `host slots=K` (Open MPI) or `host:K` (MPICH, Intel MPI).
 
@@ -567,6 +572,13 @@ def hostfile(table: RankTable, fmt: str = "openmpi") -> str:
     """
     if fmt not in ("openmpi", "mpich"):
         raise RankTableError(f"hostfile format {fmt!r}: expected openmpi or mpich")
+    for i, s in enumerate(table.servers):
+        if not _HOSTFILE_NAME.fullmatch(s.server_id):
+            raise RankTableError(
+                f"{table._name()}: server_list[{i}].server_id {s.server_id!r} cannot go into a hostfile: a host "
+                "name or address there is letters, digits and . - _ : % @ only (no spaces, ';', '#' or "
+                "quotes); give the server's address or host name"
+            )
     line = "{} slots={}" if fmt == "openmpi" else "{}:{}"
     return "".join(line.format(s.server_id, len(s.devices)) + "\n" for s in table.servers)
 
@@ -731,12 +743,15 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from mpitrans.cli import DEBUG_HELP, ArgumentParser  # one-line usage errors, like every subcommand
+
+    p = ArgumentParser(
         prog="python -m mpitrans rank-table",
         description="Make, join and inspect HCCL rank tables (RANK_TABLE_FILE) and derive MPI hostfiles "
         "from them. Works without Ascend hardware.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="cmd", metavar="{generate,merge,hostfile,show,is-local}")
     sub.required = True
 
@@ -790,10 +805,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m mpitrans rank-table ...`; returns the exit status."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
+    """`python -m mpitrans rank-table ...`; returns the exit status. A user error is one line
+    `mpitrans: error: ...` (status 1, or 2 for a bad command line); `--debug` adds its traceback."""
+    from mpitrans.cli import take_flag
+
+    flagged, argv = take_flag(list(sys.argv[1:] if argv is None else argv), "--debug")
+    debug = debug or flagged
     try:
+        args = _parser().parse_args(argv)
         if args.cmd == "generate":
             tool = None if args.hccn_tool.lower() == "none" else args.hccn_tool
             table, logical = build(args.device_num, args.visible_devices, args.server_ip, args.device_ips,
@@ -834,10 +854,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             print("every server is this machine")
         return 0
-    except (RankTableError, OSError) as exc:
+    except (MpitransError, OSError) as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         msg = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
-        print(f"mpitrans rank-table: error: {msg}", file=sys.stderr)
-        return 1
+        print(f"mpitrans: error: {msg}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
 
 
 if __name__ == "__main__":

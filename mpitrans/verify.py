@@ -4,7 +4,8 @@ The plan is recomputed from the sources and strategies exactly as a transform wo
 rounds move the same bytes, but instead of writing a chunk each rank compares it with the target file
 it can see. A target is checked on a process that sees its file (the owner by placement when it can),
 so this works without a shared disk too. When the output directory holds a manifest, each file's size
-and CRC-32C are checked against it as well.
+and CRC-32C are checked against it as well; a missing manifest is said (only the sources were compared),
+and one that cannot be read fails the check, since a manifest is what `--resume` and readers trust.
 """
 
 from __future__ import annotations
@@ -44,6 +45,31 @@ class TargetResult:
     path: str
     ok: bool
     detail: str = ""
+    note: str = ""  # e.g. no manifest on that host: only the comparison with the sources was done
+
+
+def read_manifest(dst_checkpoint: str) -> tuple[dict | None, str]:
+    """(the manifest, "") or (None, why it cannot be used: "missing: ..." or a failure naming the file).
+
+    `manifest.read` answers None for both, which suits `--resume` (either way nothing is reused), but
+    verify must tell them apart: a missing manifest is normal after `transform_checkpoints`, a garbled
+    one is damage the user needs to hear about.
+    """
+    path = os.path.join(dst_checkpoint, manifest.MANIFEST_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"manifest {path} cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return None, f"manifest {path} is not valid JSON ({exc})"
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return None, f"manifest {path} is not an mpitrans manifest (no \"files\" table)"
+    return data, ""
 
 
 class _Comparer(threading.Thread):
@@ -166,14 +192,23 @@ def verify(
         files.close()
     if comparer.error is not None:
         raise comparer.error
-    found = manifest.read(dst_checkpoint)
+    found, problem = read_manifest(dst_checkpoint) if mine else (None, "")
+    missing = os.path.join(dst_checkpoint, manifest.MANIFEST_NAME)
     results = []
     for plan in mine:
         detail = comparer.failures.get(plan.rank, "")
-        entry = (found or {}).get("files", {}).get(str(plan.rank))
-        if not detail and entry is not None:
-            detail = manifest.check_file(dst_checkpoint, entry) or ""
-        results.append(TargetResult(plan.rank, t.rank, host, path_of(plan), not detail, detail))
+        note = ""
+        if problem == "missing":
+            note = f"no manifest {missing}: compared with the sources only"
+        elif problem:
+            detail = detail or problem
+        else:
+            entry = found["files"].get(str(plan.rank))
+            if entry is None:
+                detail = detail or f"manifest {missing} does not list target rank {plan.rank}"
+            elif not detail:
+                detail = manifest.check_file(dst_checkpoint, entry) or ""
+        results.append(TargetResult(plan.rank, t.rank, host, path_of(plan), not detail, detail, note))
     everything = []
     for blob in t.allgather_bytes(json.dumps([asdict(r) for r in results]).encode()):
         everything.extend(TargetResult(**r) for r in json.loads(blob))
@@ -190,4 +225,5 @@ def format_results(results: list[TargetResult]) -> str:
     head = (f"verify: all {len(results)} target files match their sources" if not bad else
             f"verify: {len(bad)} of {len(results)} targets FAILED; first: target rank {bad[0].target}: "
             f"{bad[0].detail}")
-    return "\n".join([head, *lines])
+    notes = sorted({r.note for r in results if r.note})
+    return "\n".join([head, *lines, *(f"verify: note: {n}" for n in notes)])

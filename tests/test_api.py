@@ -101,3 +101,21 @@ def test_import_does_not_load_mindspore_or_mpi():
             "assert 'mindspore' not in sys.modules, 'mindspore imported'; "
             "assert 'mpi4py.MPI' not in sys.modules, 'MPI initialised at import'")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+
+
+def test_transform_refuses_existing_outputs_unless_told_like_the_command_line(example, tmp_path):
+    from mpitrans.errors import MpitransError
+
+    args = (str(example / "src"), str(tmp_path / "dst"), str(example / "src_strategy.ckpt"),
+            str(example / "dst_strategy.ckpt"))
+    mpitrans.transform(*args)
+    target = tmp_path / "dst" / "rank_1" / "checkpoint_1.ckpt"
+    target.write_bytes(b"an earlier file")
+    with pytest.raises(MpitransError, match="checkpoint_0.ckpt already exists"):
+        mpitrans.transform(*args)
+    assert target.read_bytes() == b"an earlier file"
+    mpitrans.transform(*args, overwrite=True)
+    assert target.read_bytes() == (example / "expected" / "rank_1" / "checkpoint_1.ckpt").read_bytes()
+    # MindSpore's drop-in replaces existing files, as MindSpore does
+    mpitrans.transform_checkpoints(str(example / "src"), str(tmp_path / "dst"), "checkpoint_",
+                                   str(example / "src_strategy.ckpt"), str(example / "dst_strategy.ckpt"))

@@ -107,6 +107,10 @@ def test_unknown_key_lists_known_ones(tmp_path):
     ("prefix: a\nprefix: b\n", r"transform\.yaml:2: prefix is given twice"),
     ("prefix 'a'\n", r"expected `key: value`"),
     ('prefix: "abc\n', "unterminated double-quoted"),
+    ("max_buffer: abc\n", r"transform\.yaml: max_buffer: 'abc' is not a size; give a positive number"),
+    ("max_buffer: -5\n", r"max_buffer: '-5' is not a positive size.*64M, 1\.5G"),
+    ("max_buffer: 0\n", "max_buffer: '0' is not a positive size"),
+    ("max_buffer: 0.1\n", "max_buffer: '0.1' is not a positive size"),
 ])
 def test_bad_files(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -157,3 +161,13 @@ def test_apply_config_and_default_file(tmp_path, monkeypatch):
         cfg.apply_config(["--config"])
     with pytest.raises(ConfigError, match="cannot read"):
         cfg.apply_config(["--config", str(tmp_path / "absent.yaml")])
+
+
+def test_sizes():
+    assert [cfg.parse_size(s) for s in ("65536", "64M", "64m", "1.5G", "64KiB", "2 MB", ".5K", "1T", 4096)] == [
+        65536, 64 << 20, 64 << 20, 3 << 29, 64 << 10, 2 << 20, 512, 1 << 40, 4096]
+    for bad in ("abc", "", "-5", "0", "0.4", "1e3", "nan", "5X", "M", "--1"):
+        with pytest.raises(ValueError, match="positive number of bytes, optionally with a unit K, M, G or T"):
+            cfg.parse_size(bad)
+    # a valid size from the file reaches the command line as written
+    assert cfg.normalize({"max_buffer": 1.5}) == {"max_buffer": "1.5"}

@@ -68,14 +68,33 @@ def test_run_hostfile_line(tmp_path):
     assert xs == ["PATH", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH"]
     assert cmd[-5:] == [str(VENV / "bin/python"), "-m", "mpitrans", "--config", "t.yaml"]
     assert "--oversubscribe" not in cmd
-    # Slot counting: "host slots=K", "host:K", bare host, comments; IPv6 stays one slot.
+    # Slot counting as Open MPI does: "host slots=K" (spaces around "=" too, cpu=/count= alike, max_slots
+    # not a slot count), bare host = 1, comments and blank lines; an IPv6 address stays one host.
     mixed = tmp_path / "hosts"
-    mixed.write_text("# comment\nnode1 slots=4  # four\nnode2:3\n\nnode3\nfd00::2\n")
-    assert command(run("run_hostfile.sh", str(mixed)))[4] == "9"
+    mixed.write_text("# comment\nnode1 slots=4  # four\n  node2 slots = 3 max_slots=8\n\nnode3\nfd00::2\n"
+                     "node4 count=2\n")
+    assert command(run("run_hostfile.sh", str(mixed)))[4] == "11"
     assert command(run("run_hostfile.sh", str(mixed), env={"MPITRANS_NP": "2"}))[4] == "2"
     (tmp_path / "empty").write_text("# nobody\n")
     assert run("run_hostfile.sh", str(tmp_path / "empty")).returncode == 2
     assert run("run_hostfile.sh", str(tmp_path / "absent")).returncode == 2
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("node1 slots=4\r\nnode2 slots=4\r\n", [":1: Windows line ends (CRLF)", "sed -i 's/\\r$//'"]),
+    ("node1 slots=4\nnode2:3\n", [':2: "node2:3" is MPICH hostfile syntax', 'write "node2 slots=3"']),
+    ("node1 slots=four\n", [':1: "slots=four": the slot count must be a whole number']),
+])
+def test_run_hostfile_refuses_what_open_mpi_cannot_read(tmp_path, text, words):
+    """Open MPI rejects CRLF lines and reads "host:K" as a host name; they used to be counted as slots."""
+    hostfile = tmp_path / "hosts"
+    hostfile.write_bytes(text.encode())
+    result = run("run_hostfile.sh", str(hostfile))
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr.startswith(f"run_hostfile.sh: {hostfile}:"), result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_run_rank_table_local_table_launches_locally():

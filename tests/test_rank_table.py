@@ -436,12 +436,43 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert rt.main(["show", str(tmp_path / "bad.json")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("mpitrans rank-table: error: ") and "missing version" in err
+    assert err.startswith("mpitrans: error: ") and "missing version" in err and err.count("\n") == 1
     assert rt.main(["merge", str(tmp_path / "absent.json")]) == 1
+    capsys.readouterr()
+    assert rt.main(["shw", str(tmp_path / "bad.json")]) == 2  # a usage error too: one line, no usage text
+    err = capsys.readouterr().err
+    assert err.startswith("mpitrans: error: argument") and "invalid choice: 'shw'" in err and err.count("\n") == 1
+    assert rt.main(["--debug", "show", str(tmp_path / "bad.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last)") and err.endswith("missing version\n")
     with pytest.raises(SystemExit) as exc:
         rt.main(["--help"])
     assert exc.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def _table_with_server_id(tmp_path: Path, server_id: str) -> Path:
+    data = json.loads((EXAMPLES / "hccl_16p_2s_192.168.1.196_192.168.1.197.json").read_text())
+    data["server_list"][1]["server_id"] = server_id
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_hostfile_refuses_server_ids_a_launcher_would_misread(tmp_path, capsys):
+    for server_id in ("node 1", "node1;rm -rf x", "node1\tb", "node#1", '"node1"', "node1\n"):
+        path = _table_with_server_id(tmp_path, server_id)
+        table = rt.load(path)  # a valid rank table otherwise (HCCL does not look at server_id's characters)
+        with pytest.raises(RankTableError, match=r"server_list\[1\]\.server_id .* cannot go into a hostfile"):
+            rt.hostfile(table)
+        assert rt.main(["hostfile", str(path), "-o", str(tmp_path / "hosts")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("mpitrans: error: ") and repr(server_id) in err and err.count("\n") == 1
+        assert not (tmp_path / "hosts").exists()
+    # what hostfiles do hold is kept as is
+    for server_id in ("10.0.0.7", "node-1.cluster_a", "fd00::2", "fe80::1%eth0", "::1", "alice@node1"):
+        table = rt.load(_table_with_server_id(tmp_path, server_id))
+        assert rt.hostfile(table).splitlines()[1] == f"{server_id} slots=8"
 
 
 def test_table_round_trips_through_json():

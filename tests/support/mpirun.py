@@ -42,3 +42,11 @@ def mpirun_script(n: int, argv: Sequence[str], *, env: dict[str, str] | None = N
     """Run `python ARGV` (a script and its arguments) on `n` processes."""
     cmd = [str(MPIRUN), "-n", str(n), "--oversubscribe", sys.executable, *argv]
     return subprocess.run(cmd, env=mpi_env(env), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def python_m(args: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | str = REPO,
+             timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m mpitrans ARGS` in one plain process, without any MPI launcher."""
+    full = {k: v for k, v in mpi_env(env).items() if not k.startswith(("OMPI_COMM_WORLD", "PMIX_", "PMI_"))}
+    return subprocess.run([sys.executable, "-m", "mpitrans", *args], env=full, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
