@@ -329,6 +329,7 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
         return code
     assert isinstance(args, argparse.Namespace)
     from mpitrans.engine import JobError, transform
+    from mpitrans.guard import Interrupted
 
     _setup_logging(t.rank, args.log_level, args.quiet)
     try:
@@ -339,11 +340,13 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
     except JobError as exc:  # every rank holds the same message: report once, exit cleanly
         _report_once(t, str(exc), traceback.format_exc() if debug else "")
         return 1
-    except MpitransError as exc:
+    except (MpitransError, KeyboardInterrupt) as exc:
+        # Only this process failed (with peers, `transform` has already ended the whole job).
         if debug:
             traceback.print_exc()
-        print(f"mpitrans: error on rank {t.rank}: {exc}", file=sys.stderr)
-        t.abort(1)
+        interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)
+        print(f"mpitrans: error: {exc or 'interrupted'}", file=sys.stderr)
+        t.abort(130 if interrupted else 1)
         return 1
     except BaseException as exc:  # a bug or an I/O failure mid-transfer: take the whole job down
         traceback.print_exc()

@@ -44,7 +44,7 @@ class JobLock:
         self._fd: int | None = None  # open (and flocked) only by the process that created the file
         self.stale: str | None = None  # description of a dead job's lock that was taken over
 
-    def acquire(self, wait: float = 5.0) -> None:
+    def acquire(self, wait: float = 2.0) -> None:
         """Take the lock or raise `JobLockedError` naming the live holder. A holder is given `wait`
         seconds to go away first: the processes of a job that just failed may still be exiting."""
         os.makedirs(self.folder, exist_ok=True)

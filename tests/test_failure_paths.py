@@ -156,7 +156,7 @@ def test_sigint_ends_the_job_with_one_line_and_publishes_nothing_incomplete(exam
 @pytest.mark.parametrize("mode", MODES)
 def test_a_second_job_on_the_same_output_is_refused(example, tmp_path, mode):
     dst = tmp_path / "dst"
-    first = _start(mode, _args(example, dst, "--max-buffer", "64K"), env={"MPITRANS_TEST_ROUND_DELAY": "1.5"})
+    first = _start(mode, _args(example, dst, "--max-buffer", "64K"), env={"MPITRANS_TEST_ROUND_DELAY": "2"})
     deadline = time.monotonic() + 30
     while not (dst / ".mpitrans.lock").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
