@@ -743,7 +743,7 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mpitrans.cli import DEBUG_HELP, ArgumentParser  # one-line usage errors, like every subcommand
+    from mpitrans.cli.main import DEBUG_HELP, ArgumentParser  # one-line usage errors, like every subcommand
 
     p = ArgumentParser(
         prog="python -m mpitrans rank-table",
@@ -808,7 +808,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """`python -m mpitrans rank-table ...`; returns the exit status. A user error is one line
     `mpitrans: error: ...` (status 1, or 2 for a bad command line); `--debug` adds its traceback."""
-    from mpitrans.cli import take_flag
+    from mpitrans.cli.main import take_flag
 
     flagged, argv = take_flag(list(sys.argv[1:] if argv is None else argv), "--debug")
     debug = debug or flagged

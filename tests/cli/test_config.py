@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mpitrans import config as cfg
-from mpitrans.config import ConfigError
+from mpitrans.cli import config as cfg
+from mpitrans.cli.config import ConfigError
 from mpitrans.errors import MpitransError
 
 STRATEGY = "/worker/checkpoint/llama-7b/multi_dp2mp1pp4/strategy/merged_ckpt_strategy.ckpt"
@@ -63,7 +63,7 @@ def test_all_keys(tmp_path):
 
 
 def test_transform_parser_accepts_the_generated_flags(tmp_path):
-    from mpitrans.cli import _transform_parser
+    from mpitrans.cli.main import _transform_parser
 
     c = cfg.load_config(write(tmp_path, "src_checkpoint: a\nsrc_strategy: s.ckpt\ndst_checkpoint_dir: b\n"
                                         "max_buffer: 65536\nquiet: yes\nprefix: ck_\n"))

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from mpitrans.config import SIZE_FORMS, parse_size
+from mpitrans.cli.config import SIZE_FORMS, parse_size
 from mpitrans.errors import MpitransError, UsageError
 
 __all__ = ["SIZE_FORMS", "ArgumentParser", "check_output_dir", "main", "parse_size", "take_flag"]
@@ -315,7 +315,7 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
     t = make_transport(None)
 
     def setup() -> argparse.Namespace:
-        from mpitrans.config import apply_config
+        from mpitrans.cli.config import apply_config
         from mpitrans.engine import check_prefix
 
         args = _transform_parser().parse_args(apply_config(list(argv)))  # the file may hold required flags

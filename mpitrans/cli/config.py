@@ -64,7 +64,7 @@ for _key, (_flag, _aliases) in KEYS.items():
         _ALIASES[_alias] = _key
 
 # Every spelling of each key on the transform command line, normalized to underscores without dashes
-# (argparse accepts --src-strategy and --src_strategy alike, see mpitrans.cli).
+# (argparse accepts --src-strategy and --src_strategy alike, see mpitrans.cli.main).
 _FLAG_SPELLINGS: dict[str, set[str]] = {
     "src_checkpoint": {"src_checkpoint", "src_ckpt_dir"},
     "src_strategy_path_or_dir": {"src_strategy", "src_strategy_path_or_dir", "src_ckpt_strategy"},

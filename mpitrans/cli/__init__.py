@@ -1,0 +1,9 @@
+"""The command line: `python -m mpitrans [subcommand] ...`, normally under mpirun.
+
+* `main`: subcommands, one-line errors, agreement across ranks on what is wrong;
+* `config`: options from a YAML file with MindFormers' key names.
+"""
+
+from mpitrans.cli.main import check_output_dir, main, parse_size, take_flag
+
+__all__ = ["check_output_dir", "main", "parse_size", "take_flag"]
