@@ -9,8 +9,6 @@ its own chunk, and hands it to a background thread that streams it to disk.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import logging
 import os
@@ -37,7 +35,7 @@ from mpitrans.planner import OutTensor, Planner, TargetPlan
 from mpitrans.progress import Progress
 from mpitrans.schedule import Chunk, Piece, build_chunks
 from mpitrans.sources import discover_sources, rank_dirs_without_checkpoint
-from mpitrans.storage.base import TargetWriter
+from mpitrans.storage.base import TargetWriter, remove_stale_temps
 from mpitrans.storage.formats import CKPT, open_source, target_filename
 from mpitrans.strategy.codec import strategy_from_bytes, strategy_to_bytes
 from mpitrans.strategy.layout_map import layout_map
@@ -299,7 +297,7 @@ class _DiskWriter(threading.Thread):
         except BaseException as exc:  # reported by the main thread
             if not isinstance(exc, _Aborted):
                 if isinstance(exc, OSError) and current is not None:
-                    exc = MpitransError(f"writing {current.path} failed: {exc.strerror or exc}")
+                    exc = MpitransError(f"writing {exc.filename or current.path} failed: {exc.strerror or exc}")
                 self.error = exc
             if current is not None:
                 current.abort()
@@ -509,11 +507,6 @@ def execute(
         writer.chunk_hint = chunk_bytes
         writer.rank = t.rank
         writer.on_done = on_done
-        for target in mine_targets:  # leftovers of a killed run: temp files never become final names
-            folder, name = os.path.split(path_of(target))
-            for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.tmp-*")):
-                with contextlib.suppress(OSError):
-                    os.unlink(stale)
     files = _SourceFiles(visible, metas)
     if writer is not None:
         writer.start()
@@ -845,9 +838,18 @@ def _locked_run(t: Transport, job: Job, where: dict[int, int], dst_checkpoint: s
                        if resume else {})
     kept = sorted({int(k) for b in t.allgather_bytes(json.dumps(kept_here).encode()) for k in json.loads(b)})
     paths = {tr: path_of(p) for tr, p in plans.items()}
-    _agree(t, lambda: _check_outputs(t, where, paths, overwrite, resume))
-    if writes_here:
-        manifest.remove_stale_temps(dst_checkpoint)
+
+    def outputs_ready() -> None:
+        """Checked, and cleared of a killed run's temporary files, before any rank writes anything: the
+        agreement that follows keeps one rank's cleanup from meeting another's fresh temporary files."""
+        _check_outputs(t, where, paths, overwrite, resume)
+        for tr, r in where.items():
+            if r == t.rank:
+                remove_stale_temps(paths[tr])
+        if writes_here:
+            manifest.remove_stale_temps(dst_checkpoint)
+
+    _agree(t, outputs_ready)
     fault_point("after-plan", t.rank)
     stats.targets = sorted(tr for tr, r in where.items() if r == t.rank)
 
