@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from mpitrans.errors import StrategyError
 from mpitrans.strategy.bounds import MAX_DEVICES
 from mpitrans.strategy.merge import load_strategy
-from tests.support.mpirun import REPO, mpi_env, mpirun
+from tests.support.mpirun import mpirun, single
 from tests.support.strategies import write_pipeline_stage_files, write_strategy_file
 
 W = "model.w"
@@ -78,16 +76,10 @@ def test_the_device_limit_is_inclusive(tmp_path):
 # -- end to end: one clean line on every launch path, nothing written ----------------------------------
 
 
-def _limited():
-    """Keep a regression from eating the shared machine: 4 GiB of address space per process."""
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-
-
 def _run(launcher: str, args: list[str]) -> subprocess.CompletedProcess:
     if launcher == "mpirun":
         return mpirun(2, args, timeout=60)
-    return subprocess.run([sys.executable, "-m", "mpitrans", *args], env=mpi_env(), capture_output=True, text=True,
-                          timeout=60, cwd=REPO, preexec_fn=_limited)
+    return single(args, timeout=60, max_address_space=4 << 30)  # a regression must not eat the machine
 
 
 @pytest.mark.parametrize("launcher", [pytest.param("mpirun", marks=pytest.mark.mpi), "single"])

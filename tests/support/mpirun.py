@@ -42,3 +42,18 @@ def mpirun_script(n: int, argv: Sequence[str], *, env: dict[str, str] | None = N
     """Run `python ARGV` (a script and its arguments) on `n` processes."""
     cmd = [str(MPIRUN), "-n", str(n), "--oversubscribe", sys.executable, *argv]
     return subprocess.run(cmd, env=mpi_env(env), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def single(args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 240,
+           max_address_space: int | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m mpitrans ARGS` as one process without mpirun (the other launch path users take).
+
+    `max_address_space` (bytes) caps the process's memory, so a test of a former blow-up cannot take the
+    machine down if it regresses."""
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (max_address_space, max_address_space))
+
+    return subprocess.run([sys.executable, "-m", "mpitrans", *args], env=mpi_env(env), capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, preexec_fn=limit if max_address_space else None)
