@@ -32,7 +32,7 @@ from mpitrans.layout import box_shape
 from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta
 from mpitrans.progress import Progress
 from mpitrans.schedule import Chunk, Piece, build_chunks
-from mpitrans.sources import discover_sources, rank_dirs_without_checkpoint
+from mpitrans.sources import describe_missing, discover_sources, rank_dirs_without_checkpoint
 from mpitrans.storage.ckpt import CheckpointWriter, index_checkpoint, itemsize_of, read_box_into
 from mpitrans.strategy.codec import strategy_from_bytes, strategy_to_bytes
 from mpitrans.strategy.layout_map import layout_map
@@ -629,8 +629,8 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
             try:
                 plans[tr] = planner.plan(tr)
             except MissingShardError as exc:
-                absent = sorted(g for g in needed if g not in seers)
-                hint = f"; not visible to any process: {', '.join(f'rank_{g}' for g in absent)}" if absent else ""
+                absent = {g: () for g in needed if g not in seers}
+                hint = f"; not visible to any process: {describe_missing(src_checkpoint, absent)}" if absent else ""
                 raise MissingShardError(f"target rank {tr}: {exc}{hint}") from None
         missing: dict[int, set[int]] = defaultdict(set)
         for tr, plan in plans.items():
@@ -645,9 +645,9 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
                 needed_missing.setdefault(g, set())
         hard = {g: trs for g, trs in needed_missing.items() if trs}
         if hard:
-            parts = [f"rank_{g} (needed by target rank(s) {sorted(trs)})" for g, trs in sorted(hard.items())]
             raise MissingShardError(
-                f"source checkpoint(s) visible to no process under {src_checkpoint}: " + "; ".join(parts)
+                f"source checkpoint(s) visible to no process under {src_checkpoint}: "
+                + describe_missing(src_checkpoint, hard)
             )
         return plans
 
