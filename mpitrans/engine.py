@@ -27,6 +27,7 @@ from math import prod
 import numpy as np
 
 from mpitrans import manifest
+from mpitrans.consistency import check_sources, probe_ranks, source_scope
 from mpitrans.errors import MissingShardError, MpitransError
 from mpitrans.layout import box_shape
 from mpitrans.planner import OutTensor, Planner, TargetPlan, TensorMeta
@@ -581,6 +582,7 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
 
     needed = _agree(t, needed_sources)
     to_index = sorted(seers) if any(n not in seers for n in needed) else sorted(n for n in needed if n in seers)
+    to_index = sorted(set(to_index) | probe_ranks(source_scope(src, dst, prefix), seers))
 
     def index_mine() -> bytes:
         metas: dict[int, list[TensorMeta]] = {}
@@ -596,6 +598,9 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
     metas: dict[int, list[TensorMeta]] = {}
     for blob in t.allgather_bytes(mine):
         metas.update(_metas_from_json(blob))
+    # 3b. Every indexed file against the strategy and the other files; only the job's ranks go on.
+    paths = {g: inventories[seers[g][0]][str(g)] for g in seers}
+    metas = _agree(t, lambda: check_sources(src, dst, metas, paths, seers, src_checkpoint, prefix))
 
     # 4. Plan every target (deterministic, identical on every rank) and check every byte has a reader.
     def check_models_match() -> None:
