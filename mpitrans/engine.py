@@ -26,6 +26,7 @@ from math import prod
 import numpy as np
 
 from mpitrans import manifest
+from mpitrans.consistency import check_sources, probe_ranks, source_scope
 from mpitrans.errors import MissingShardError, MpitransError
 from mpitrans.guard import Interrupted, JobGuard, report_once
 from mpitrans.joblock import JobLock
@@ -34,7 +35,7 @@ from mpitrans.metadata import TensorMeta, itemsize
 from mpitrans.planner import OutTensor, Planner, TargetPlan
 from mpitrans.progress import Progress
 from mpitrans.schedule import Chunk, Piece, build_chunks
-from mpitrans.sources import discover_sources, rank_dirs_without_checkpoint
+from mpitrans.sources import describe_missing, discover_sources, rank_dirs_without_checkpoint
 from mpitrans.storage.base import TargetWriter, remove_stale_temps
 from mpitrans.storage.formats import CKPT, open_source, target_filename
 from mpitrans.strategy.codec import strategy_from_bytes, strategy_to_bytes
@@ -603,6 +604,7 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
 
     needed = _agree(t, needed_sources)
     to_index = sorted(seers) if any(n not in seers for n in needed) else sorted(n for n in needed if n in seers)
+    to_index = sorted(set(to_index) | probe_ranks(source_scope(src, dst, prefix), seers))
 
     def index_mine() -> bytes:
         metas: dict[int, list[TensorMeta]] = {}
@@ -619,6 +621,9 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
     metas: dict[int, list[TensorMeta]] = {}
     for blob in t.allgather_bytes(mine):
         metas.update(_metas_from_json(blob))
+    # 3b. Every indexed file against the strategy and the other files; only the job's ranks go on.
+    paths = {g: inventories[seers[g][0]][str(g)] for g in seers}
+    metas = _agree(t, lambda: check_sources(src, dst, metas, paths, seers, src_checkpoint, prefix))
 
     # 4. Plan every target (deterministic, identical on every rank) and check every byte has a reader.
     def check_models_match() -> None:
@@ -652,8 +657,8 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
             try:
                 plans[tr] = planner.plan(tr)
             except MissingShardError as exc:
-                absent = sorted(g for g in needed if g not in seers)
-                hint = f"; not visible to any process: {', '.join(f'rank_{g}' for g in absent)}" if absent else ""
+                absent = {g: () for g in needed if g not in seers}
+                hint = f"; not visible to any process: {describe_missing(src_checkpoint, absent)}" if absent else ""
                 raise MissingShardError(f"target rank {tr}: {exc}{hint}") from None
         missing: dict[int, set[int]] = defaultdict(set)
         for tr, plan in plans.items():
@@ -668,9 +673,9 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
                 needed_missing.setdefault(g, set())
         hard = {g: trs for g, trs in needed_missing.items() if trs}
         if hard:
-            parts = [f"rank_{g} (needed by target rank(s) {sorted(trs)})" for g, trs in sorted(hard.items())]
             raise MissingShardError(
-                f"source checkpoint(s) visible to no process under {src_checkpoint}: " + "; ".join(parts)
+                f"source checkpoint(s) visible to no process under {src_checkpoint}: "
+                + describe_missing(src_checkpoint, hard)
             )
         return plans
 

@@ -28,6 +28,7 @@ from mpitrans.layout import (
 )
 from mpitrans.metadata import TensorMeta
 from mpitrans.needed_ranks import needed_source_ranks
+from mpitrans.sources import rank_span
 from mpitrans.strategy.layout_map import layout_map, pipeline_stage_num, src_dst_layout_maps
 from mpitrans.strategy.model import ParamLayout, StrategyFile
 
@@ -171,6 +172,11 @@ class Planner:
             needed = list(load_order)
         else:
             needed = self.rank_list(rank) if self.src is not None else [0]
+            if not any(g in self.metas for g in needed):
+                # Nothing to take parameter names, order and shapes from: say which files are absent
+                # rather than that no parameter matches the strategies.
+                raise MissingShardError(f"none of the source checkpoints it is built from ({rank_span(needed)}) "
+                                        f"was found")
         src_map, dst_map = src_dst_layout_maps(rank, self.src, self.dst)
         # Parameter order and which file supplies each (name, local rank): MindSpore loads the needed
         # files from the highest rank down, so the first appearance fixes the order and the lowest rank

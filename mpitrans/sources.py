@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 
 log = logging.getLogger("mpitrans")
 
@@ -49,3 +50,65 @@ def rank_dirs_without_checkpoint(path: str) -> list[str]:
             if not any(f.endswith(".ckpt") for f in os.listdir(rank_dir)):
                 out.append(rank_dir)
     return out
+
+
+def rank_span(ranks: Iterable[int], limit: int = 6) -> str:
+    """`rank_x` names for a message, runs folded: "rank_0..rank_3, rank_7"; at most `limit` runs shown.
+
+    Strategies may describe up to a million devices; a message listing every missing rank would be
+    megabytes long, so long lists are cut with a count of what was left out.
+    """
+    ordered = sorted(set(ranks))
+    runs: list[tuple[int, int]] = []
+    for r in ordered:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], r)
+        else:
+            runs.append((r, r))
+    parts = [f"rank_{a}" if a == b else f"rank_{a}, rank_{b}" if b == a + 1 else f"rank_{a}..rank_{b}"
+             for a, b in runs[:limit]]
+    if len(runs) > limit:
+        rest = sum(b - a + 1 for a, b in runs[limit:])
+        parts.append(f"and {rest} more")
+    return ", ".join(parts)
+
+
+def rank_entry_problem(path: str, rank: int) -> str | None:
+    """Why `path/rank_<rank>` yields no checkpoint here, when something by that name exists: worth
+    saying, since a `rank_x` that is a file or an empty directory is skipped as if it were absent."""
+    entry = os.path.join(path, f"rank_{rank}")
+    if not os.path.lexists(entry):
+        return None
+    if not os.path.isdir(entry):
+        return "a file, not a directory"
+    try:
+        if not any(f.endswith(".ckpt") and os.path.isfile(os.path.join(entry, f)) for f in os.listdir(entry)):
+            return "a directory without a .ckpt file"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return None
+
+
+def describe_missing(src_checkpoint: str, needed_by: Mapping[int, Iterable[int]]) -> str:
+    """One line naming source ranks no process sees and the targets that need them, with what is
+    wrong where something by that name exists (a file instead of a directory, an empty directory)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for g, targets in sorted(needed_by.items()):
+        groups.setdefault(tuple(sorted(targets)), []).append(g)
+    parts = []
+    for targets, ranks in groups.items():
+        tail = f" (needed by target rank(s) {_span_ints(targets)})" if targets else ""
+        parts.append(rank_span(ranks) + tail)
+    problems = []
+    if os.path.isfile(src_checkpoint):
+        problems.append(f"{src_checkpoint} is one file, read as the full checkpoint of rank_0")
+    for g in sorted(needed_by)[:64]:
+        why = rank_entry_problem(src_checkpoint, g)
+        if why:
+            problems.append(f"rank_{g} is {why}")
+    text = "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more group(s)" if len(parts) > 6 else "")
+    return text + (f" [{'; '.join(problems[:4])}]" if problems else "")
+
+
+def _span_ints(values: Sequence[int]) -> str:
+    return rank_span(values).replace("rank_", "")

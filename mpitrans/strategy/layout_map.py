@@ -24,6 +24,7 @@ from mpitrans.strategy.model import ParamLayout, RawLayout, StrategyFile, Tensor
 
 __all__ = [
     "layout_map",
+    "layout_maps_by_stage",
     "pipeline_stage_num",
     "src_dst_layout_maps",
     "src_dst_layout_maps_by_src",
@@ -175,3 +176,24 @@ def src_dst_layout_maps_by_src(
         raise StrategyError(f"the source strategy {src.source} has no parallel_strategy_item, so its "
                             f"pipeline stage is unknown")
     return src_map, dst_map, src.strategy_items[0][1]
+
+
+def layout_maps_by_stage(strategy: StrategyFile) -> dict[int, dict[str, ParamLayout]]:
+    """Each pipeline stage's own layouts: stage -> origin name -> that stage's layout of it.
+
+    `layout_map` picks one layout per name for the whole model; a parameter shared by two stages (a tied
+    embedding) may be split differently in each, and a stage's checkpoint files hold the shards of their
+    own stage's layout. Checking a file's shard shapes therefore needs its stage's view. Names without a
+    ``"{stage}-"`` prefix belong to stage 0.
+    """
+    by_stage: dict[int, list[tuple[str, RawLayout]]] = {}
+    for name, raw in strategy.layouts:
+        stage = 0
+        if "-" in name:
+            try:
+                stage = int(name.split("-")[0])
+            except ValueError:
+                stage = 0  # layout_map refuses such a name anyway
+        by_stage.setdefault(stage, []).append((name, raw))
+    return {stage: layout_map(StrategyFile(layouts=entries, source=strategy.source))
+            for stage, entries in by_stage.items()}

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable
 
 from mpitrans.errors import StrategyError
+from mpitrans.strategy.bounds import check_bounds
 from mpitrans.strategy.codec import (
     is_json_path,
     parse_strategy_bytes,
@@ -112,12 +113,16 @@ def load_strategy(path_or_dir: str | os.PathLike[str]) -> StrategyFile:
     """A strategy from one file, or from a directory of per-stage files merged in memory.
 
     Nothing is written to or deleted from the directory: a stale ``merged_ckpt_strategy.ckpt`` next to
-    the stage files is ignored rather than removed as MindFormers would.
+    the stage files is ignored rather than removed as MindFormers would. A strategy whose numbers cannot
+    describe a real job (see `bounds`) is refused here, before anything is sized from it.
     """
     path = os.fspath(path_or_dir)
     if os.path.isdir(path):
-        return merge_stage_files(list_stage_files(path), source=path)
-    return read_strategy(path)
+        strategy = merge_stage_files(list_stage_files(path), source=path)
+    else:
+        strategy = read_strategy(path)
+    check_bounds(strategy)
+    return strategy
 
 
 def merge_pipeline_strategys(src_strategy_dirs: str, dst_strategy_file: str) -> None:

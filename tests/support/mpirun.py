@@ -50,3 +50,18 @@ def python_m(args: Sequence[str], *, env: dict[str, str] | None = None, cwd: Pat
     full = {k: v for k, v in mpi_env(env).items() if not k.startswith(("OMPI_COMM_WORLD", "PMIX_", "PMI_"))}
     return subprocess.run([sys.executable, "-m", "mpitrans", *args], env=full, capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
+
+
+def single(args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 240,
+           max_address_space: int | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m mpitrans ARGS` as one process without mpirun (the other launch path users take).
+
+    `max_address_space` (bytes) caps the process's memory, so a test of a former blow-up cannot take the
+    machine down if it regresses."""
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (max_address_space, max_address_space))
+
+    return subprocess.run([sys.executable, "-m", "mpitrans", *args], env=mpi_env(env), capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, preexec_fn=limit if max_address_space else None)
