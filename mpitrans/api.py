@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import socket
 
-from mpitrans.engine import RankStats, Summary, execute, transform
 from mpitrans.errors import MpitransError, UnsupportedError
-from mpitrans.planner import Planner, rank_list_for_strategies
+from mpitrans.job.engine import RankStats, Summary, execute, transform
+from mpitrans.job.transport import LocalTransport
+from mpitrans.plan.planner import Planner, rank_list_for_strategies
 from mpitrans.storage.formats import open_source
 from mpitrans.strategy.merge import load_strategy
 from mpitrans.strategy.merge import merge_pipeline_strategys as merge_pipeline_strategys
-from mpitrans.transport import LocalTransport
 
 __all__ = [
     "merge_pipeline_strategys",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mpitrans.consistency import InconsistentSourceError, check_sources, probe_ranks, source_scope
 from mpitrans.metadata import TensorMeta
+from mpitrans.plan.consistency import InconsistentSourceError, check_sources, probe_ranks, source_scope
 from mpitrans.strategy.model import RawLayout, StrategyFile
 from tests.support.mpirun import mpirun, single
 

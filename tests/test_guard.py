@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mpitrans.guard import Interrupted, JobGuard
+from mpitrans.job.guard import Interrupted, JobGuard
 from tests.support.mpirun import MPIRUN, REPO, mpi_env
 
 
@@ -44,7 +44,7 @@ def test_rank_blocked_inside_mpi_is_aborted_on_sigint(tmp_path):
         import sys, time
         import numpy as np
         from mpi4py import MPI
-        from mpitrans.guard import JobGuard
+        from mpitrans.job.guard import JobGuard
         comm = MPI.COMM_WORLD
         with JobGuard(comm.Abort, comm.rank, watch_parent=True, grace=0.5):
             if comm.rank == 0:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mpitrans.joblock import LOCK_NAME, JobLock, JobLockedError
+from mpitrans.job.lock import LOCK_NAME, JobLock, JobLockedError
 
 
 def test_acquire_and_release(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mpitrans.errors import LayoutError
-from mpitrans.layout import device_box, flatten_layout, intersect, origin_shape, relative
+from mpitrans.plan.layout import device_box, flatten_layout, intersect, origin_shape, relative
 from mpitrans.strategy.model import ParamLayout
 from tests.support.random_layouts import random_layout, to_mindspore_list
 

@@ -8,8 +8,8 @@ from math import prod
 import pytest
 
 from mpitrans.errors import LayoutError
-from mpitrans.layout import flatten_layout, resolved_opt_shard_size, tensor_strategy
-from mpitrans.needed_ranks import needed_source_ranks
+from mpitrans.plan.layout import flatten_layout, resolved_opt_shard_size, tensor_strategy
+from mpitrans.plan.needed_ranks import needed_source_ranks
 from tests.support.random_layouts import random_layout, to_mindspore_list
 
 ms_serial = pytest.importorskip("mindspore.parallel._parallel_serialization")

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from mpitrans.progress import Progress
+from mpitrans.job.progress import Progress
 
 MIB = 1 << 20
 

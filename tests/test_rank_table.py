@@ -484,7 +484,7 @@ def test_table_round_trips_through_json():
 _DRIVER = """
 import json, sys
 from mpitrans import rank_table as rt
-from mpitrans.transport import make_transport
+from mpitrans.job.transport import make_transport
 t = make_transport(None)
 place = rt.job_placement(rt.load(sys.argv[1]), t.allgather_bytes)
 where = place(list(range(8)), t.size)

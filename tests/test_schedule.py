@@ -9,8 +9,8 @@ from math import prod
 import numpy as np
 import pytest
 
-from mpitrans.planner import OutTensor, Region, TargetPlan
-from mpitrans.schedule import build_chunks, contiguous_boxes
+from mpitrans.plan.planner import OutTensor, Region, TargetPlan
+from mpitrans.plan.schedule import build_chunks, contiguous_boxes
 
 
 @pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 3, 4), (4, 1, 3, 2)])

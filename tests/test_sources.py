@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from mpitrans.sources import describe_missing, rank_entry_problem, rank_span
+from mpitrans.storage.discover import describe_missing, rank_entry_problem, rank_span
 from tests.support.mpirun import mpirun, single
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import mpitrans
-from mpitrans.verify import format_results, verify
+from mpitrans.job.verify import format_results, verify
 from tests.support.mpirun import mpirun, python_m
 
 

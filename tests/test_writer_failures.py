@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mpitrans.engine import ABORT, END, _DiskWriter
 from mpitrans.errors import MpitransError
-from mpitrans.planner import OutTensor, Region, TargetPlan
-from mpitrans.schedule import Chunk, Segment
+from mpitrans.job.engine import ABORT, END, _DiskWriter
+from mpitrans.plan.planner import OutTensor, Region, TargetPlan
+from mpitrans.plan.schedule import Chunk, Segment
 from mpitrans.storage.ckpt import index_checkpoint
 
 

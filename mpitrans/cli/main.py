@@ -123,7 +123,7 @@ def _transform_parser() -> argparse.ArgumentParser:
 
 def _default_max_buffer() -> str:
     """The engine's default as a size string; both subcommands that move bytes share it."""
-    from mpitrans.engine import DEFAULT_MAX_BUFFER
+    from mpitrans.job.engine import DEFAULT_MAX_BUFFER
 
     return f"{DEFAULT_MAX_BUFFER >> 20}M"
 
@@ -308,7 +308,7 @@ def _write_json_summary(path: str, data: object) -> int:
 
 
 def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
-    from mpitrans.transport import make_transport
+    from mpitrans.job.transport import make_transport
 
     # The transport comes first, so that every rank takes part in judging the command line and the
     # configuration file, and rank 0 reports what is wrong once, with no rank exiting before it printed.
@@ -316,7 +316,7 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
 
     def setup() -> argparse.Namespace:
         from mpitrans.cli.config import apply_config
-        from mpitrans.engine import check_prefix
+        from mpitrans.job.engine import check_prefix
 
         args = _transform_parser().parse_args(apply_config(list(argv)))  # the file may hold required flags
         args.max_buffer = _size_option(args.max_buffer)
@@ -328,8 +328,8 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
     if code is not None:
         return code
     assert isinstance(args, argparse.Namespace)
-    from mpitrans.engine import JobError, transform
-    from mpitrans.guard import Interrupted
+    from mpitrans.job.engine import JobError, transform
+    from mpitrans.job.guard import Interrupted
 
     _setup_logging(t.rank, args.log_level, args.quiet)
     try:
@@ -437,7 +437,7 @@ def _verify_parser() -> argparse.ArgumentParser:
 def _run_verify(argv: Sequence[str], debug: bool = False) -> int:
     from dataclasses import asdict
 
-    from mpitrans.transport import make_transport
+    from mpitrans.job.transport import make_transport
 
     t = make_transport(None)  # first: every rank judges the command line, rank 0 reports (see _agreed)
 
@@ -450,8 +450,8 @@ def _run_verify(argv: Sequence[str], debug: bool = False) -> int:
     if code is not None:
         return code
     assert isinstance(args, argparse.Namespace)
-    from mpitrans.engine import JobError
-    from mpitrans.verify import format_results, verify
+    from mpitrans.job.engine import JobError
+    from mpitrans.job.verify import format_results, verify
 
     try:
         results = verify(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 def main() -> int:
     from mpi4py import MPI
 
-    from mpitrans.engine import transform
+    from mpitrans.job.engine import transform
 
     comm = MPI.COMM_WORLD
     jobs = json.loads(Path(sys.argv[1]).read_text())

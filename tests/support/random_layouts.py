@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from math import prod
 
-from mpitrans.layout import tensor_strategy
+from mpitrans.plan.layout import tensor_strategy
 from mpitrans.strategy.model import ParamLayout
 
 

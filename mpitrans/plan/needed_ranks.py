@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from math import prod
 
 from mpitrans.errors import LayoutError
-from mpitrans.layout import FlatLayout, rank_coordinate
+from mpitrans.plan.layout import FlatLayout, rank_coordinate
 
 
 def _suffix_cuts(sizes: Sequence[int]) -> list[int]:

@@ -18,8 +18,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from mpitrans import manifest
-from mpitrans.engine import (
+from mpitrans.errors import MpitransError
+from mpitrans.job import manifest
+from mpitrans.job.engine import (
     DEFAULT_MAX_BUFFER,
     RankStats,
     _agree,
@@ -29,12 +30,11 @@ from mpitrans.engine import (
     prepare,
     round_robin_placement,
 )
-from mpitrans.errors import MpitransError
+from mpitrans.job.transport import make_transport
 from mpitrans.metadata import itemsize
-from mpitrans.planner import TargetPlan
-from mpitrans.schedule import contiguous_boxes
+from mpitrans.plan.planner import TargetPlan
+from mpitrans.plan.schedule import contiguous_boxes
 from mpitrans.storage.formats import open_source, target_filename
-from mpitrans.transport import make_transport
 
 
 @dataclass

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from math import prod
 
 from mpitrans.errors import LayoutError, MissingShardError, StrategyError
-from mpitrans.layout import (
+from mpitrans.metadata import TensorMeta
+from mpitrans.plan.layout import (
     Box,
     box_shape,
     device_box,
@@ -26,9 +27,8 @@ from mpitrans.layout import (
     resolved_opt_shard_size,
     tensor_strategy,
 )
-from mpitrans.metadata import TensorMeta
-from mpitrans.needed_ranks import needed_source_ranks
-from mpitrans.sources import rank_span
+from mpitrans.plan.needed_ranks import needed_source_ranks
+from mpitrans.storage.discover import rank_span
 from mpitrans.strategy.layout_map import layout_map, pipeline_stage_num, src_dst_layout_maps
 from mpitrans.strategy.model import ParamLayout, StrategyFile
 

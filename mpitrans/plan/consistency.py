@@ -36,10 +36,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mpitrans.errors import MpitransError
-from mpitrans.layout import origin_shape, resolved_opt_shard_size, tensor_strategy
 from mpitrans.metadata import TensorMeta
-from mpitrans.planner import Planner
-from mpitrans.sources import rank_span
+from mpitrans.plan.layout import origin_shape, resolved_opt_shard_size, tensor_strategy
+from mpitrans.plan.planner import Planner
+from mpitrans.storage.discover import rank_span
 from mpitrans.strategy.layout_map import layout_map, layout_maps_by_stage
 from mpitrans.strategy.model import ParamLayout, StrategyFile
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from math import prod
 
-from mpitrans.layout import Box, box_shape, intersect
-from mpitrans.planner import OutTensor, TargetPlan
+from mpitrans.plan.layout import Box, box_shape, intersect
+from mpitrans.plan.planner import OutTensor, TargetPlan
 
 
 @dataclass(frozen=True)

@@ -25,23 +25,23 @@ from math import prod
 
 import numpy as np
 
-from mpitrans import manifest
-from mpitrans.consistency import check_sources, probe_ranks, source_scope
 from mpitrans.errors import MissingShardError, MpitransError
-from mpitrans.guard import Interrupted, JobGuard, report_once
-from mpitrans.joblock import JobLock
-from mpitrans.layout import box_shape
+from mpitrans.job import manifest
+from mpitrans.job.guard import Interrupted, JobGuard, report_once
+from mpitrans.job.lock import JobLock
+from mpitrans.job.progress import Progress
+from mpitrans.job.transport import Transport, make_transport
 from mpitrans.metadata import TensorMeta, itemsize
-from mpitrans.planner import OutTensor, Planner, TargetPlan
-from mpitrans.progress import Progress
-from mpitrans.schedule import Chunk, Piece, build_chunks
-from mpitrans.sources import describe_missing, discover_sources, rank_dirs_without_checkpoint
+from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
+from mpitrans.plan.layout import box_shape
+from mpitrans.plan.planner import OutTensor, Planner, TargetPlan
+from mpitrans.plan.schedule import Chunk, Piece, build_chunks
 from mpitrans.storage.base import TargetWriter, remove_stale_temps
+from mpitrans.storage.discover import describe_missing, discover_sources, rank_dirs_without_checkpoint
 from mpitrans.storage.formats import CKPT, open_source, target_filename
 from mpitrans.strategy.codec import strategy_from_bytes, strategy_to_bytes
 from mpitrans.strategy.layout_map import layout_map
 from mpitrans.strategy.merge import load_strategy
-from mpitrans.transport import Transport, make_transport
 
 log = logging.getLogger("mpitrans")
 
