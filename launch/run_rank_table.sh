@@ -41,8 +41,8 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 HOSTFILE="$(mktemp "${TMPDIR:-/tmp}/mpitrans_hostfile.XXXXXX")"
 trap 'rm -f "$HOSTFILE"' EXIT
-# `python -m mpitrans.rank_table` is `python -m mpitrans rank-table` without going through the CLI.
-"$PY" -m mpitrans.rank_table hostfile "$TABLE" -o "$HOSTFILE" >/dev/null
+# `python -m mpitrans.cluster` is `python -m mpitrans rank-table` without the transform's CLI.
+"$PY" -m mpitrans.cluster hostfile "$TABLE" -o "$HOSTFILE" >/dev/null
 NP="$(awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { split($i, b, "="); t += b[2] } } END { print t + 0 }' \
     "$HOSTFILE")"
 
@@ -50,7 +50,7 @@ if [ "${MPITRANS_DRY_RUN:-0}" = "1" ]; then
     # The temporary hostfile is removed on exit: show what it held.
     sed 's/^/# hostfile: /' "$HOSTFILE"
 fi
-if "$PY" -m mpitrans.rank_table is-local "$TABLE" >/dev/null; then
+if "$PY" -m mpitrans.cluster is-local "$TABLE" >/dev/null; then
     echo "[run_rank_table] every server of $TABLE is this machine: $NP local processes" >&2
     bash "$ROOT/launch/run_local.sh" "$NP" "$@" --rank-table "$TABLE"
 else

@@ -133,7 +133,7 @@ def test_run_local_real_mpirun_help():
 def test_run_rank_table_real_local_launch(tmp_path):
     # A 2-device table whose server is this machine: two local processes. --help exits before the
     # transform parser would look at --rank-table, so this does not depend on the engine.
-    gen = subprocess.run([sys.executable, "-m", "mpitrans.rank_table", "generate", "--device-num", "[0,2)",
+    gen = subprocess.run([sys.executable, "-m", "mpitrans.cluster", "generate", "--device-num", "[0,2)",
                           "--server-ip", "127.0.0.1", "--device-ips", "10.0.0.1,10.0.0.2",
                           "-o", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert gen.returncode == 0, gen.stderr

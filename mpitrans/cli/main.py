@@ -473,10 +473,10 @@ def _run_verify(argv: Sequence[str], debug: bool = False) -> int:
 
 
 def _run_rank_table(argv: Sequence[str], debug: bool = False) -> int:
-    from mpitrans.rank_table import main as rank_table_main
+    from mpitrans.cli.rank_table import run
 
     # `generate` describes the server it runs on: started on every server by mpirun, each writes its own.
-    return _run_local(argv, debug, lambda a: rank_table_main(a, debug=debug), everywhere=argv[:1] == ["generate"])
+    return _run_local(argv, debug, run, everywhere=argv[:1] == ["generate"])
 
 
 SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-table": _run_rank_table,

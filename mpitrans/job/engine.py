@@ -138,7 +138,7 @@ def check_prefix(prefix: str) -> None:
 
 def _rank_table_placement(t: Transport, path: str) -> Callable[[Sequence[int], int], dict[int, int]]:
     """Rank 0 reads the HCCL rank table; every rank learns which server it runs on."""
-    from mpitrans import rank_table as rtab
+    from mpitrans import cluster as rtab
 
     blob = _agree(t, lambda: json.dumps(rtab.load(path).to_json()).encode() if t.rank == 0 else b"")
     table = rtab.from_json(json.loads(t.bcast_bytes(blob if t.rank == 0 else None)), path)
