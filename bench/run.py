@@ -46,7 +46,7 @@ SMOKE_PLAN = "a=0.0035;c=0.0035"
 
 
 STARTUP_CODE = """
-import mpitrans.cli, mpitrans.job.engine
+import mpitrans.cli, mpitrans.job.run
 from mpitrans.job.transport import make_transport
 make_transport(None).barrier()
 """
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     env = setup_env(None if pycache == "none" else pycache)
     if pycache != "none":
         log(f"warming the bytecode cache {pycache} and the imports (untimed)")
-        subprocess.run([PY, "-c", "import mindspore, mpitrans.cli, mpitrans.job.engine, mpi4py"], env=env, cwd=REPO,
+        subprocess.run([PY, "-c", "import mindspore, mpitrans.cli, mpitrans.job.run, mpi4py"], env=env, cwd=REPO,
                        capture_output=True, timeout=600)
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.smoke else 60.0)
     name = args.name or _dt.date.today().isoformat()

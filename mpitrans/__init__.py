@@ -20,7 +20,7 @@ __all__ = [
 def __getattr__(name: str):
     # Lazy, so `python -m mpitrans --help` and `import mpitrans` stay fast.
     if name == "transform":
-        from mpitrans.job.engine import transform
+        from mpitrans.job.run import transform
 
         return transform
     if name in ("transform_checkpoints", "transform_checkpoint_by_rank", "rank_list_for_transform",

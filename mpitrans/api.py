@@ -13,7 +13,9 @@ import os
 import socket
 
 from mpitrans.errors import MpitransError, UnsupportedError
-from mpitrans.job.engine import RankStats, Summary, execute, transform
+from mpitrans.job.rounds import Moves, execute
+from mpitrans.job.run import transform
+from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import LocalTransport
 from mpitrans.plan.planner import Planner, rank_list_for_strategies
 from mpitrans.storage.formats import open_source
@@ -47,7 +49,8 @@ def transform_checkpoints(
     # Exactly MindSpore's outputs: no manifest beside them; existing files are replaced, as MindSpore's
     # save_checkpoint replaces them (mpitrans.transform itself refuses unless overwrite=True).
     return transform(src_checkpoints_dir, dst_checkpoints_dir, src_strategy_file, dst_strategy_file,
-                     prefix=ckpt_prefix, comm=LocalTransport(), overwrite=True, write_manifest=False)
+                     prefix=ckpt_prefix, comm=LocalTransport(), overwrite=True, write_manifest=False,
+                     strict=False)
 
 
 def rank_list_for_transform(
@@ -91,4 +94,5 @@ def transform_checkpoint_by_rank(
     stats = RankStats(0, socket.gethostname())
     out = os.path.abspath(save_checkpoint_file_name)
     seers = {r: [0] for r in paths}
-    execute(LocalTransport(), {rank_id: plan}, {rank_id: 0}, seers, paths, metas, lambda _t: out, 1 << 28, stats)
+    moves = Moves({rank_id: plan}, {rank_id: 0}, seers, paths, metas, {})
+    execute(LocalTransport(), moves, lambda _t: out, 1 << 28, stats)

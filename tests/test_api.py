@@ -97,7 +97,7 @@ def test_transform_checkpoint_by_rank_matches_mindspore(tmp_path):
 
 
 def test_import_does_not_load_mindspore_or_mpi():
-    code = ("import sys, mpitrans, mpitrans.job.engine, mpitrans.cli, mpitrans.api; "
+    code = ("import sys, mpitrans, mpitrans.job.run, mpitrans.cli, mpitrans.api; "
             "assert 'mindspore' not in sys.modules, 'mindspore imported'; "
             "assert 'mpi4py.MPI' not in sys.modules, 'MPI initialised at import'")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))

@@ -123,7 +123,7 @@ def _transform_parser() -> argparse.ArgumentParser:
 
 def _default_max_buffer() -> str:
     """The engine's default as a size string; both subcommands that move bytes share it."""
-    from mpitrans.job.engine import DEFAULT_MAX_BUFFER
+    from mpitrans.job.options import DEFAULT_MAX_BUFFER
 
     return f"{DEFAULT_MAX_BUFFER >> 20}M"
 
@@ -316,7 +316,7 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
 
     def setup() -> argparse.Namespace:
         from mpitrans.cli.config import apply_config
-        from mpitrans.job.engine import check_prefix
+        from mpitrans.job.options import check_prefix
 
         args = _transform_parser().parse_args(apply_config(list(argv)))  # the file may hold required flags
         args.max_buffer = _size_option(args.max_buffer)
@@ -328,15 +328,17 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
     if code is not None:
         return code
     assert isinstance(args, argparse.Namespace)
-    from mpitrans.job.engine import JobError, transform
+    from mpitrans.job.agree import JobError
     from mpitrans.job.guard import Interrupted
+    from mpitrans.job.options import JobOptions
+    from mpitrans.job.run import run
 
     _setup_logging(t.rank, args.log_level, args.quiet)
     try:
-        summary = transform(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
-                            prefix=args.prefix, comm=t, max_buffer=args.max_buffer,
-                            rank_table=args.rank_table, overwrite=args.overwrite,
-                            resume=args.resume, strict=True, show_progress=not args.quiet)
+        opts = JobOptions(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
+                          prefix=args.prefix, max_buffer=args.max_buffer, rank_table=args.rank_table,
+                          overwrite=args.overwrite, resume=args.resume, show_progress=not args.quiet)
+        summary = run(opts, t)
     except JobError as exc:  # every rank holds the same message: report once, exit cleanly
         _report_once(t, str(exc), traceback.format_exc() if debug else "")
         return 1
@@ -450,7 +452,7 @@ def _run_verify(argv: Sequence[str], debug: bool = False) -> int:
     if code is not None:
         return code
     assert isinstance(args, argparse.Namespace)
-    from mpitrans.job.engine import JobError
+    from mpitrans.job.agree import JobError
     from mpitrans.job.verify import format_results, verify
 
     try:

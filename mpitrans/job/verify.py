@@ -12,28 +12,25 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from math import prod
 
 from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
-from mpitrans.job.engine import (
-    DEFAULT_MAX_BUFFER,
-    RankStats,
-    _agree,
-    _run_rounds,
-    _SourceFiles,
-    check_prefix,
-    prepare,
-    round_robin_placement,
-)
-from mpitrans.job.transport import make_transport
+from mpitrans.job.options import DEFAULT_MAX_BUFFER, DEFAULT_PREFIX
+from mpitrans.job.prepare import Job, prepare
+from mpitrans.job.rounds import Moves, Rounds, chunk_size, run_with_sink
+from mpitrans.job.run import round_robin_placement
+from mpitrans.job.sinks import ChunkSink
+from mpitrans.job.sources import SourceFiles
+from mpitrans.job.summary import RankStats
+from mpitrans.job.transport import Transport, make_transport
 from mpitrans.metadata import itemsize
 from mpitrans.plan.planner import TargetPlan
-from mpitrans.plan.schedule import contiguous_boxes
+from mpitrans.plan.schedule import Chunk, Segment, contiguous_boxes
+from mpitrans.storage.base import SourceReader
 from mpitrans.storage.formats import open_source, target_filename
 
 
@@ -72,26 +69,21 @@ def read_manifest(dst_checkpoint: str) -> tuple[dict | None, str]:
     return data, ""
 
 
-class _Comparer(threading.Thread):
+class _Comparer(ChunkSink):
     """Stands where the disk writer stands in a transform, comparing chunks instead of writing them."""
 
-    def __init__(self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str]) -> None:
-        super().__init__(name="mpitrans-verify", daemon=True)
+    def __init__(self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], chunk_hint: int) -> None:
+        super().__init__("mpitrans-verify", chunk_hint)
         self.targets = targets
         self.path_of = path_of
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.free: queue.Queue = queue.Queue()
-        self.error: BaseException | None = None
-        self.chunk_hint = 0
         self.failures: dict[int, str] = {}
-        self._open: dict[int, object] = {}
+        self._open: dict[int, SourceReader | None] = {}
 
-    def _target_file(self, index: int):
+    def _target_file(self, index: int) -> SourceReader | None:
         if index not in self._open:
             target = self.targets[index]
-            path = self.path_of(target)
             try:
-                reader = open_source(path)
+                reader = open_source(self.path_of(target))
             except MpitransError as exc:  # a corrupt target is a failed check, not a failed job
                 self.failures.setdefault(target.rank, str(exc))
                 self._open[index] = None
@@ -99,47 +91,36 @@ class _Comparer(threading.Thread):
             got = [(m.name, m.dtype, tuple(m.shape)) for m in reader.tensors()]
             want = [(x.name, x.dtype, tuple(x.shape)) for x in target.tensors if all(x.shape)]
             if got != want:
-                detail = _first_difference(want, got)
-                self.failures.setdefault(target.rank, detail)
+                self.failures.setdefault(target.rank, _first_difference(want, got))
             self._open[index] = reader
         return self._open[index]
 
-    def run(self) -> None:
-        try:
-            while (item := self.queue.get()) is not None:
-                chunk, buf = item
-                view = memoryview(buf)
-                for seg in chunk.segments:
-                    target = self.targets[seg.target_index]
-                    if target.rank in self.failures or seg.start == seg.stop:
-                        continue
-                    reader = self._target_file(seg.target_index)
-                    if target.rank in self.failures:
-                        continue
-                    tensor = target.tensors[seg.tensor_index]
-                    isz = itemsize(tensor.dtype)
-                    actual = bytearray((seg.stop - seg.start) * isz)
-                    out = memoryview(actual)
-                    for box, off in contiguous_boxes(tensor.shape, seg.start, seg.stop):
-                        n = 1
-                        for a, b in box:
-                            n *= b - a
-                        reader.read_box(tensor.name, box, out[off * isz:(off + n) * isz])
-                    expected = view[seg.chunk_offset:seg.chunk_offset + len(actual)]
-                    if expected != out:
-                        self.failures[target.rank] = (
-                            f"parameter {tensor.name!r} differs from the source (elements {seg.start}..{seg.stop})"
-                        )
-                del view
-                self.free.put(buf)
-        except BaseException as exc:
-            self.error = exc
-            while self.queue.get() is not None:
-                pass
-        finally:
-            for reader in self._open.values():
-                if reader is not None:
-                    reader.close()
+    def consume(self, chunk: Chunk, view: memoryview) -> None:
+        for seg in chunk.segments:
+            target = self.targets[seg.target_index]
+            if target.rank in self.failures or seg.start == seg.stop:
+                continue
+            reader = self._target_file(seg.target_index)
+            if reader is None or target.rank in self.failures:
+                continue
+            self._compare(target, seg, reader, view)
+
+    def _compare(self, target: TargetPlan, seg: Segment, reader: SourceReader, view: memoryview) -> None:
+        tensor = target.tensors[seg.tensor_index]
+        isz = itemsize(tensor.dtype)
+        out = memoryview(bytearray((seg.stop - seg.start) * isz))
+        for box, off in contiguous_boxes(tensor.shape, seg.start, seg.stop):
+            n = prod(b - a for a, b in box)
+            reader.read_box(tensor.name, box, out[off * isz:(off + n) * isz])
+        if view[seg.chunk_offset:seg.chunk_offset + len(out)] != out:
+            self.failures[target.rank] = (
+                f"parameter {tensor.name!r} differs from the source (elements {seg.start}..{seg.stop})"
+            )
+
+    def close(self) -> None:
+        for reader in self._open.values():
+            if reader is not None:
+                reader.close()
 
 
 def _first_difference(want, got) -> str:
@@ -151,52 +132,53 @@ def _first_difference(want, got) -> str:
     return f"unexpected extra parameter {got[len(want)][0]!r}"
 
 
-def verify(
-    src_checkpoint: str,
-    dst_checkpoint: str,
-    src_strategy: str | None = None,
-    dst_strategy: str | None = None,
-    prefix: str = "checkpoint_",
-    comm=None,
-    max_buffer: int = DEFAULT_MAX_BUFFER,
-) -> list[TargetResult]:
+def verify(src_checkpoint: str, dst_checkpoint: str, src_strategy: str | None = None,
+           dst_strategy: str | None = None, prefix: str = DEFAULT_PREFIX, comm: object = None,
+           max_buffer: int = DEFAULT_MAX_BUFFER) -> list[TargetResult]:
     """Collective: every target's bytes against the source region it should hold; results on every rank."""
     t = make_transport(comm)
-    host = socket.gethostname()
-    _agree(t, lambda: check_prefix(prefix))
     job = prepare(t, src_checkpoint, src_strategy, dst_strategy, prefix)
 
     def path_of(target: TargetPlan) -> str:
         return os.path.join(dst_checkpoint, f"rank_{target.rank}", target_filename(target.stem))
 
+    checker = _checkers(t, job, path_of)
+    mine = [job.plans[tr] for tr in sorted(checker) if checker[tr] == t.rank]
+    comparer = _Comparer(mine, path_of, chunk_size(max_buffer, t.size))
+    files = SourceFiles(job.visible, job.metas)
+    moves = Moves({tr: job.plans[tr] for tr in checker}, checker, job.seers, job.visible, job.metas, job.file_ids)
+    sink = comparer if mine else None
+    run_with_sink(Rounds(t, moves, files, sink, comparer.chunk_hint, RankStats(t.rank, socket.gethostname())),
+                  sink, files)
+    results = _results(t, mine, comparer.failures, dst_checkpoint, path_of)
+    everything = []
+    for blob in t.allgather_bytes(json.dumps([asdict(r) for r in results]).encode()):
+        everything.extend(TargetResult(**r) for r in json.loads(blob))
+    for tr in sorted(set(job.plans) - set(checker)):
+        everything.append(TargetResult(tr, -1, "", path_of(job.plans[tr]), False, "file not found on any host"))
+    return sorted(everything, key=lambda r: r.target)
+
+
+def _checkers(t: Transport, job: Job, path_of: Callable[[TargetPlan], str]) -> dict[int, int]:
+    """Each target is checked by a process that sees its file, its owner by placement when it can."""
     here = [tr for tr, plan in job.plans.items() if os.path.isfile(path_of(plan))]
     seen_by: dict[int, list[int]] = {}
     for r, blob in enumerate(t.allgather_bytes(json.dumps(here).encode())):
         for tr in json.loads(blob):
             seen_by.setdefault(tr, []).append(r)
     owner = round_robin_placement(sorted(job.plans), t.size)
-    checker = {tr: (owner[tr] if owner[tr] in rs else rs[0]) for tr, rs in seen_by.items()}
-    plans = {tr: job.plans[tr] for tr in checker}
-    mine = [plans[tr] for tr in sorted(plans) if checker[tr] == t.rank]
-    comparer = _Comparer(mine, path_of)
-    fanout = max(1, t.size - 1)
-    comparer.chunk_hint = max(1 << 20, min(max_buffer // (3 + min(fanout, 8)), 512 << 20))
-    files = _SourceFiles(job.visible, job.metas)
-    comparer.start()
-    try:
-        _run_rounds(t, plans, checker, job.seers, files, comparer if mine else None, comparer.chunk_hint,
-                    RankStats(t.rank, host), job.file_ids)
-    finally:
-        comparer.queue.put(None)
-        comparer.join()
-        files.close()
-    if comparer.error is not None:
-        raise comparer.error
+    return {tr: (owner[tr] if owner[tr] in rs else rs[0]) for tr, rs in seen_by.items()}
+
+
+def _results(t: Transport, mine: list[TargetPlan], failures: dict[int, str], dst_checkpoint: str,
+             path_of: Callable[[TargetPlan], str]) -> list[TargetResult]:
+    """This process's verdicts: the byte comparison, then the manifest's size and CRC where there is one."""
     found, problem = read_manifest(dst_checkpoint) if mine else (None, "")
     missing = os.path.join(dst_checkpoint, manifest.MANIFEST_NAME)
+    host = socket.gethostname()
     results = []
     for plan in mine:
-        detail = comparer.failures.get(plan.rank, "")
+        detail = failures.get(plan.rank, "")
         note = ""
         if problem == "missing":
             note = f"no manifest {missing}: compared with the sources only"
@@ -209,12 +191,7 @@ def verify(
             elif not detail:
                 detail = manifest.check_file(dst_checkpoint, entry) or ""
         results.append(TargetResult(plan.rank, t.rank, host, path_of(plan), not detail, detail, note))
-    everything = []
-    for blob in t.allgather_bytes(json.dumps([asdict(r) for r in results]).encode()):
-        everything.extend(TargetResult(**r) for r in json.loads(blob))
-    for tr in sorted(set(job.plans) - set(checker)):
-        everything.append(TargetResult(tr, -1, "", path_of(job.plans[tr]), False, "file not found on any host"))
-    return sorted(everything, key=lambda r: r.target)
+    return results
 
 
 def format_results(results: list[TargetResult]) -> str:

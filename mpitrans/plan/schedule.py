@@ -9,12 +9,14 @@ reader. Memory per round is therefore bounded by the chunk size, however large t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from math import prod
 
+from mpitrans.metadata import itemsize
+from mpitrans.plan.assign import ReaderTable
 from mpitrans.plan.layout import Box, box_shape, intersect
-from mpitrans.plan.planner import OutTensor, TargetPlan
+from mpitrans.plan.planner import TargetPlan
 
 
 @dataclass(frozen=True)
@@ -87,17 +89,8 @@ def contiguous_boxes(shape: Sequence[int], start: int, stop: int) -> list[tuple[
     return out
 
 
-def _itemsize(tensor: OutTensor, itemsizes: Callable[[str], int]) -> int:
-    return itemsizes(tensor.dtype)
-
-
-def build_chunks(
-    targets: Sequence[TargetPlan],
-    chunk_bytes: int,
-    itemsizes: Callable[[str], int],
-    choose_reader: Callable[[TargetPlan, OutTensor, int], tuple[int, int]],
-) -> Iterator[Chunk]:
-    """Yield one writer's chunks. `choose_reader(target, tensor, region_index)` -> (reader, src_rank)."""
+def build_chunks(targets: Sequence[TargetPlan], chunk_bytes: int, readers: ReaderTable) -> Iterator[Chunk]:
+    """Yield one writer's chunks; `readers` (from `plan.assign`) says who reads each region."""
     segments: list[Segment] = []
     pieces: list[Piece] = []
     used = 0
@@ -110,9 +103,9 @@ def build_chunks(
 
     for ti, target in enumerate(targets):
         for ki, tensor in enumerate(target.tensors):
-            isz = _itemsize(tensor, itemsizes)
+            isz = itemsize(tensor.dtype)
             count = prod(tensor.shape)
-            readers = [choose_reader(target, tensor, ri) for ri in range(len(tensor.regions))]
+            chosen = [readers[(target.rank, ki, ri)] for ri in range(len(tensor.regions))]
             if count == 0:
                 segments.append(Segment(ti, ki, 0, 0, used))
                 continue
@@ -132,7 +125,7 @@ def build_chunks(
                         common = intersect(block, region.dst_box) if block else ()
                         if common is None:
                             continue
-                        reader, src_rank = readers[ri]
+                        reader, src_rank = chosen[ri]
                         src_box = tuple(
                             (s0 + (c0 - d0), s0 + (c1 - d0))
                             for (c0, c1), (d0, _), (s0, _) in zip(common, region.dst_box, region.src_box, strict=True)

@@ -18,14 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 def main() -> int:
     from mpi4py import MPI
 
-    from mpitrans.job.engine import transform
+    from mpitrans.job.run import transform
 
     comm = MPI.COMM_WORLD
     jobs = json.loads(Path(sys.argv[1]).read_text())
     for i, job in enumerate(jobs):
         try:
             transform(job["src"], job["dst"], job.get("src_strategy"), job.get("dst_strategy"),
-                      prefix=job.get("prefix", "checkpoint_"), comm=comm, max_buffer=job.get("max_buffer", 1 << 20))
+                      prefix=job.get("prefix", "checkpoint_"), comm=comm, max_buffer=job.get("max_buffer", 1 << 20),
+                      strict=False)
         except BaseException:  # noqa: BLE001 - report which case, then end every rank at once
             print(f"mpi_cases: case {i} ({job.get('label', '')}) failed on rank {comm.rank}:", file=sys.stderr)
             traceback.print_exc()

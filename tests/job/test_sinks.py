@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mpitrans.errors import MpitransError
-from mpitrans.job.engine import ABORT, END, _DiskWriter
+from mpitrans.job.sinks import ABORT, END, DiskWriter
 from mpitrans.plan.planner import OutTensor, Region, TargetPlan
 from mpitrans.plan.schedule import Chunk, Segment
 from mpitrans.storage.ckpt import index_checkpoint
@@ -25,8 +25,8 @@ def _chunk(target: int, tensor: int) -> tuple[Chunk, bytearray]:
     return Chunk(16, [Segment(target, tensor, 0, 4, 0)], []), bytearray(range(16))
 
 
-def _writer(tmp_path: Path, done: list) -> _DiskWriter:
-    w = _DiskWriter(_targets(), lambda t: str(tmp_path / f"rank_{t.rank}" / f"{t.stem}.ckpt"))
+def _writer(tmp_path: Path, done: list) -> DiskWriter:
+    w = DiskWriter(_targets(), lambda t: str(tmp_path / f"rank_{t.rank}" / f"{t.stem}.ckpt"), 0, 0)
     w.on_done = lambda target, size, crc: done.append(target)
     w.start()
     return w

@@ -1,0 +1,38 @@
+"""What a job did, per process and in total: the run summary and its JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RankStats:
+    rank: int
+    host: str
+    targets: list[int] = field(default_factory=list)
+    bytes_read: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    # [source rank, sending MPI rank] pairs whose bytes reached this rank over MPI, not from its disk.
+    received_from: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    dst_checkpoint: str
+    targets: dict[int, str]  # target rank -> file path
+    placement: dict[int, int]  # target rank -> MPI rank that wrote it
+    ranks: list[RankStats]
+    wall_seconds: float
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(r.bytes_written for r in self.ranks)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["bytes_written"] = self.bytes_written
+        d["gb_per_s"] = self.bytes_written / self.wall_seconds / 1e9 if self.wall_seconds > 0 else 0.0
+        return d

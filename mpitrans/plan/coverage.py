@@ -1,0 +1,99 @@
+"""Before planning ends: which source files MindSpore's transform would read, whether the destination
+describes the model the sources hold, and whether every planned region has a file some process sees.
+
+Pure functions of the strategies, the indexed metadata and who sees which file; the job layer runs them
+inside an agreement step so every rank reports the same problem.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
+
+from mpitrans.errors import MissingShardError, MpitransError
+from mpitrans.metadata import TensorMeta
+from mpitrans.plan.planner import Planner, TargetPlan
+from mpitrans.storage.discover import describe_missing
+from mpitrans.strategy.layout_map import layout_map
+from mpitrans.strategy.model import StrategyFile
+
+
+def needed_sources(src: StrategyFile | None, dst: StrategyFile | None, prefix: str) -> set[int]:
+    """MindSpore's rule for the files a transform loads: one stage's ranks for a single-stage source,
+    otherwise the union of every target's `rank_list_for_transform`."""
+    shape_only = Planner(src, dst, {}, prefix)
+    if shape_only.by_stage:
+        assert src is not None
+        first = src.stage * shape_only.src_stage_devices
+        return set(range(first, first + shape_only.src_stage_devices))
+    need: set[int] = set()
+    for tr in shape_only.target_ranks():
+        need.update(shape_only.rank_list(tr) if src is not None else [0])
+    return need
+
+
+def files_to_index(needed: Collection[int], seen: Collection[int]) -> list[int]:
+    """The needed files, or every visible one when some needed file is missing (so the error can say
+    what exists)."""
+    if any(n not in seen for n in needed):
+        return sorted(seen)
+    return sorted(n for n in needed if n in seen)
+
+
+def check_models_match(src: StrategyFile | None, dst: StrategyFile | None,
+                       metas: Mapping[int, Sequence[TensorMeta]]) -> None:
+    """The destination must describe the model the source checkpoints hold (MindSpore would silently
+    leave unknown parameters out of the targets)."""
+    if dst is None:
+        return
+    have = {m.name for ms in metas.values() for m in ms}
+    wanted = list(layout_map(dst))
+    absent = [n for n in wanted if n not in have]
+    if absent and len(absent) == len(wanted):
+        raise MpitransError(
+            f"the destination strategy and the source checkpoints describe different models: none of its "
+            f"{len(wanted)} parameters (e.g. {absent[0]!r}) is in the source checkpoints"
+        )
+    if absent:
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise MpitransError(
+            f"parameter {absent[0]!r}{more} of the destination strategy is in no source checkpoint "
+            f"(MindSpore would silently leave it out of the targets)"
+        )
+    if src is not None and not set(layout_map(src)) & set(wanted):
+        raise MpitransError("the source and destination strategies share no parameter: different models?")
+
+
+def plan_targets(planner: Planner, needed: Collection[int], seen: Collection[int],
+                 src_checkpoint: str) -> dict[int, TargetPlan]:
+    """Every target's plan; a target the visible files cannot build is named with what is missing."""
+    plans = {}
+    for tr in planner.target_ranks():
+        try:
+            plans[tr] = planner.plan(tr)
+        except MissingShardError as exc:
+            absent = {g: () for g in needed if g not in seen}
+            hint = f"; not visible to any process: {describe_missing(src_checkpoint, absent)}" if absent else ""
+            raise MissingShardError(f"target rank {tr}: {exc}{hint}") from None
+    return plans
+
+
+def check_coverage(plans: Mapping[int, TargetPlan], needed: Collection[int], seen: Collection[int],
+                   metas: Mapping[int, object], src_checkpoint: str) -> None:
+    """Every region must have a candidate file that some process sees."""
+    missing: dict[int, set[int]] = defaultdict(set)
+    for tr, plan in plans.items():
+        for tensor in plan.tensors:
+            for region in tensor.regions:
+                if not any(g in seen for g in region.candidates):
+                    for g in region.candidates or ():
+                        missing[g].add(tr)
+    for g in needed:
+        if g not in seen and g not in metas:
+            missing.setdefault(g, set())
+    hard = {g: trs for g, trs in missing.items() if trs}
+    if hard:
+        raise MissingShardError(
+            f"source checkpoint(s) visible to no process under {src_checkpoint}: "
+            + describe_missing(src_checkpoint, hard)
+        )
