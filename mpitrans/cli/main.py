@@ -269,11 +269,9 @@ def _setup_logging(rank: int, level: str, quiet: bool) -> None:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
+    from mpitrans.job.summary import human_size
+
+    return human_size(n)
 
 
 def format_summary(summary) -> str:

@@ -36,3 +36,12 @@ class Summary:
         d["bytes_written"] = self.bytes_written
         d["gb_per_s"] = self.bytes_written / self.wall_seconds / 1e9 if self.wall_seconds > 0 else 0.0
         return d
+
+
+def human_size(n: float) -> str:
+    """1536 -> '1.5 KiB': sizes as people read them in summaries and reports."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
