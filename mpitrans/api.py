@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 
+from mpitrans import strategy
 from mpitrans.errors import MpitransError, UnsupportedError
 from mpitrans.job.rounds import Moves, execute
 from mpitrans.job.run import transform
@@ -19,7 +20,6 @@ from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import LocalTransport
 from mpitrans.plan.planner import Planner, rank_list_for_strategies
 from mpitrans.storage.formats import open_source
-from mpitrans.strategy.merge import load_strategy
 from mpitrans.strategy.merge import merge_pipeline_strategys as merge_pipeline_strategys
 
 __all__ = [
@@ -61,8 +61,8 @@ def rank_list_for_transform(
         raise TypeError("rank_id must be an int")
     if src_strategy_file is None:
         return [0]
-    src = load_strategy(src_strategy_file)
-    dst = load_strategy(dst_strategy_file) if dst_strategy_file is not None else None
+    src = strategy.load(src_strategy_file)
+    dst = strategy.load(dst_strategy_file) if dst_strategy_file is not None else None
     return rank_list_for_strategies(rank_id, src, dst)
 
 
@@ -81,8 +81,8 @@ def transform_checkpoint_by_rank(
     for rank, path in checkpoint_files_map.items():
         if not os.path.exists(path):
             raise MpitransError(f"checkpoint file {path} of source rank {rank} does not exist")
-    src = load_strategy(src_strategy_file) if src_strategy_file is not None else None
-    dst = load_strategy(dst_strategy_file) if dst_strategy_file is not None else None
+    src = strategy.load(src_strategy_file) if src_strategy_file is not None else None
+    dst = strategy.load(dst_strategy_file) if dst_strategy_file is not None else None
     paths = {int(r): os.path.abspath(p) for r, p in checkpoint_files_map.items()}
     metas = {}
     for r, p in paths.items():

@@ -16,6 +16,7 @@ import json
 import struct
 from dataclasses import dataclass
 
+from mpitrans import strategy
 from mpitrans.job.agree import JobError, agree
 from mpitrans.job.inventory import Inventory, gather_inventory
 from mpitrans.job.transport import Transport
@@ -25,8 +26,6 @@ from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_
 from mpitrans.plan.planner import Planner, TargetPlan
 from mpitrans.storage.discover import rank_dirs_without_checkpoint
 from mpitrans.storage.formats import open_source
-from mpitrans.strategy.codec import strategy_from_bytes, strategy_to_bytes
-from mpitrans.strategy.merge import load_strategy
 from mpitrans.strategy.model import StrategyFile
 
 _ABSENT = (1 << 64) - 1  # length marker of a strategy that was not given
@@ -81,7 +80,7 @@ def broadcast_strategies(t: Transport, src_strategy: str | None,
     def load() -> bytes:
         if t.rank != 0:
             return b""
-        return _frame([strategy_to_bytes(load_strategy(p)) if p else None for p in (src_strategy, dst_strategy)])
+        return _frame([strategy.to_bytes(strategy.load(p)) if p else None for p in (src_strategy, dst_strategy)])
 
     payload = agree(t, load)
     src_bytes, dst_bytes = _unframe(t.bcast_bytes(payload if t.rank == 0 else None), 2)
@@ -123,8 +122,8 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
             prefix: str, strict: bool = True) -> Job:
     """Collective: strategies, inventories, metadata, plans; one agreed error on bad input."""
     src_bytes, dst_bytes = broadcast_strategies(t, src_strategy, dst_strategy)
-    src = strategy_from_bytes(src_bytes) if src_bytes else None
-    dst = strategy_from_bytes(dst_bytes) if dst_bytes else None
+    src = strategy.from_bytes(src_bytes) if src_bytes else None
+    dst = strategy.from_bytes(dst_bytes) if dst_bytes else None
 
     inv = gather_inventory(t, src_checkpoint)
     if not inv.seers:

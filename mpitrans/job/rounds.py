@@ -48,17 +48,19 @@ def chunk_size(max_buffer: int, nprocs: int) -> int:
     return max(1 << 20, min(max_buffer // (3 + min(fanout, 8)), 512 << 20))
 
 
+@dataclass
 class Rounds:
-    def __init__(self, t: Transport, moves: Moves, files: SourceFiles, sink: ChunkSink | None, chunk_bytes: int,
-                 stats: RankStats, progress: Progress | None = None) -> None:
-        self.t = t
-        self.moves = moves
-        self.files = files
-        self.sink = sink
-        self.chunk_bytes = chunk_bytes
-        self.stats = stats
-        self.progress = progress
-        self.scheduled = 0
+    """One process's part of every round; `sink` consumes this process's assembled chunks (None: it
+    assembles none)."""
+
+    t: Transport
+    moves: Moves
+    files: SourceFiles
+    sink: ChunkSink | None
+    chunk_bytes: int
+    stats: RankStats
+    progress: Progress | None = None
+    scheduled: int = 0  # bytes of all writers' chunks so far (rank 0's progress measure)
 
     def run(self) -> None:
         table = self.moves.readers()

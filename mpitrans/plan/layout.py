@@ -161,6 +161,37 @@ def _expand_multi_axis(dev_matrix, tensor_map, shape, groups):
     return list(dev_matrix), new_map, new_shape, new_groups
 
 
+def _opt_shard_classic(dev: list[int], tmap: list, shape: list[int], groups: list[int], strategy: list[int],
+                       step: int, size: int) -> tuple[list[int], list, list[int], list[int]]:
+    """Optimizer sharding of a classic (one axis per dimension) layout, checked as MindSpore checks it."""
+    repeated = _repeated_axes(dev, tmap)
+    if not repeated:
+        raise LayoutError(f"device matrix {dev} with tensor map {tmap} has no axis to shard the optimizer")
+    if len(repeated) == 1 and prod(dev[repeated[0] + 1:]) != step:
+        raise LayoutError(
+            f"optimizer shard step {step} differs from the model-parallel size {prod(dev[repeated[0] + 1:])}"
+        )
+    replicas = prod(dev) // prod(strategy)
+    if size > replicas or replicas % size:
+        raise LayoutError(f"optimizer shard size {size} does not divide the {replicas} replicas of device matrix {dev}")
+    if (1 < len(repeated) < len(dev)) or repeated[0] > 0:
+        return _opt_shard_general(dev, tmap, size, shape, strategy, repeated, groups)
+    # Only the outermost device axis replicates: MindSpore rebuilds the device matrix from the
+    # per-dimension split counts, outermost (replica) first, then the optimizer shard.
+    new_shape = list(shape)
+    new_shape[0] = strategy[0]
+    new_shape.insert(1, shape[0] // strategy[0])
+    new_map = [-1 if v == 1 else len(strategy) - 1 - i for i, v in enumerate(strategy)]
+    new_map.insert(1, len(strategy))
+    new_dev = [size, *strategy]
+    repeat = prod(dev) // (step * size)
+    if repeat > 1:
+        new_dev.insert(0, repeat)
+    groups = list(groups)
+    groups[0] += 1
+    return new_dev, new_map, new_shape, groups
+
+
 def flatten_layout(layout: ParamLayout | None, full_shape: Sequence[int]) -> FlatLayout:
     """Rewrite a parameter layout (or None: unsplit, one device) into MindSpore's flat form."""
     shape = [int(s) for s in full_shape]
@@ -185,34 +216,7 @@ def flatten_layout(layout: ParamLayout | None, full_shape: Sequence[int]) -> Fla
                 raise LayoutError(f"device matrix {dev} with tensor map {tmap} has no axis to shard the optimizer")
             dev, tmap, shape, groups = _opt_shard_general(dev, tmap, size, shape, strategy, repeated, groups)
         else:
-            repeated = _repeated_axes(dev, tmap)
-            if not repeated:
-                raise LayoutError(f"device matrix {dev} with tensor map {tmap} has no axis to shard the optimizer")
-            if len(repeated) == 1 and prod(dev[repeated[0] + 1:]) != step:
-                raise LayoutError(
-                    f"optimizer shard step {step} differs from the model-parallel size {prod(dev[repeated[0] + 1:])}"
-                )
-            replicas = prod(dev) // prod(strategy)
-            if size > replicas or replicas % size:
-                raise LayoutError(
-                    f"optimizer shard size {size} does not divide the {replicas} replicas of device matrix {dev}"
-                )
-            if (1 < len(repeated) < len(dev)) or repeated[0] > 0:
-                dev, tmap, shape, groups = _opt_shard_general(dev, tmap, size, shape, strategy, repeated, groups)
-            else:
-                # Only the outermost device axis replicates: MindSpore rebuilds the device matrix from the
-                # per-dimension split counts, outermost (replica) first, then the optimizer shard.
-                new_shape = list(shape)
-                new_shape[0] = strategy[0]
-                new_shape.insert(1, shape[0] // strategy[0])
-                new_map = [-1 if v == 1 else len(strategy) - 1 - i for i, v in enumerate(strategy)]
-                new_map.insert(1, len(strategy))
-                new_dev = [size, *strategy]
-                repeat = prod(dev) // (step * size)
-                if repeat > 1:
-                    new_dev.insert(0, repeat)
-                groups[0] += 1
-                dev, tmap, shape = new_dev, new_map, new_shape
+            dev, tmap, shape, groups = _opt_shard_classic(dev, tmap, shape, groups, strategy, step, size)
     if multi:
         dev, tmap, shape, groups = _expand_multi_axis(dev, tmap, shape, groups)
     if any(s < 1 for s in shape) or prod(shape) != prod(full_shape):

@@ -91,7 +91,26 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-class AtomicFile:
+class PublishOnExit:
+    """`with` support for writers: publish when the block ends normally, drop the file when it raises."""
+
+    def commit(self) -> object:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):  # noqa: ANN204 - returns the subclass
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class AtomicFile(PublishOnExit):
     """A file that appears under its final name only after `commit`; on any failure, never."""
 
     def __init__(self, path: str | os.PathLike[str], buffering: int = 1 << 20) -> None:
@@ -125,15 +144,6 @@ class AtomicFile:
         if not self.published:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 def write_atomically(path: str, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Just enough of the protobuf wire format to read and write MindSpore checkpoint records.
+"""Just enough of the protobuf wire format to read and write MindSpore checkpoints and strategy files.
 
 We do not use the ``protobuf`` package: its parser needs the whole message in memory and refuses messages over
 2 GiB, while checkpoint shards routinely exceed that. Reading only needs varints and tags; writing only needs
@@ -9,6 +9,8 @@ hostile length can never make the caller allocate or seek beyond the data it act
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 VARINT = 0
 FIXED64 = 1
@@ -138,3 +140,120 @@ def read_length(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tupl
     if length > end - nxt:
         raise WireError(f"length {length} exceeds the {end - nxt} bytes remaining", pos)
     return length, nxt
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lenient schema walking, as MindSpore's protobuf runtime reads a strategy file
+# ---------------------------------------------------------------------------------------------------------
+
+MAX_GROUP_DEPTH = 100  # protobuf's own recursion limit; deeper unknown groups are rejected, not followed
+
+
+def decode_varint_wrapping(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+    """Like `decode_varint`, but bits beyond 64 are dropped, as every protobuf runtime does."""
+    result = 0
+    shift = 0
+    start = pos
+    while True:
+        if pos >= end:
+            raise WireError("truncated varint", start)
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result & 0xFFFFFFFFFFFFFFFF, pos
+        shift += 7
+        if shift >= 70:
+            raise WireError("varint longer than ten bytes", start)
+
+
+def encode_varint64(value: int) -> bytes:
+    """Any int32/int64/uint32/uint64 field value: negatives go out as ten-byte two's complement."""
+    return encode_varint(value & 0xFFFFFFFFFFFFFFFF)
+
+
+def as_int32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def as_uint32(v: int) -> int:
+    return v & 0xFFFFFFFF
+
+
+def _skip_group(buf: bytes, pos: int, end: int, field_no: int) -> int:
+    """Skip an unknown (deprecated) group up to its matching end tag, without recursion."""
+    stack = [field_no]
+    while stack:
+        if len(stack) > MAX_GROUP_DEPTH:
+            raise WireError("groups nested too deeply", pos)
+        tag, pos = decode_varint_wrapping(buf, pos, end)
+        num, wt = tag >> 3, tag & 7
+        if wt == END_GROUP:
+            if stack.pop() != num:
+                raise WireError("mismatched end-group tag", pos)
+        elif wt == START_GROUP:
+            stack.append(num)
+        else:
+            pos = _skip_value(buf, pos, end, wt)
+    return pos
+
+
+def _skip_value(buf: bytes, pos: int, end: int, wt: int) -> int:
+    if wt == VARINT:
+        return decode_varint_wrapping(buf, pos, end)[1]
+    if wt == FIXED64:
+        pos += 8
+    elif wt == FIXED32:
+        pos += 4
+    elif wt == LENGTH_DELIMITED:
+        n, pos = decode_varint_wrapping(buf, pos, end)
+        pos += n
+    else:
+        raise WireError(f"invalid wire type {wt}", pos)
+    if pos > end:
+        raise WireError("field runs past the end of its message", pos)
+    return pos
+
+
+def iter_fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (field number, wire type, a, b) for each field of the message in buf[pos:end].
+
+    For varints `a` is the value; for length-delimited fields `a:b` is the payload. Fixed-width values and
+    groups are skipped, never yielded. A field whose tag is padded (non-minimal) is skipped too: MindSpore's
+    protobuf runtime recognises fields by their exact tag bytes, so it keeps such a field as unknown.
+    """
+    while pos < end:
+        tag = buf[pos]
+        padded = False
+        if tag < 0x80:  # one-byte tag, the only kind these schemas' fields use
+            pos += 1
+        else:
+            start = pos
+            tag, pos = decode_varint_wrapping(buf, pos, end)
+            padded = pos - start != varint_size(tag)
+        num, wt = tag >> 3, tag & 7
+        if num == 0:
+            raise WireError("field number 0", pos)
+        if padded:
+            pos = _skip_group(buf, pos, end, num) if wt == START_GROUP else _skip_value(buf, pos, end, wt)
+            continue
+        if wt == VARINT:
+            value, pos = decode_varint_wrapping(buf, pos, end)
+            yield num, wt, value, pos
+        elif wt == LENGTH_DELIMITED:
+            if pos < end and buf[pos] < 0x80:
+                n = buf[pos]
+                pos += 1
+            else:
+                n, pos = decode_varint_wrapping(buf, pos, end)
+            if n > end - pos:
+                raise WireError("length-delimited field runs past the end of its message", pos)
+            yield num, wt, pos, pos + n
+            pos += n
+        elif wt == START_GROUP:
+            pos = _skip_group(buf, pos, end, num)
+        elif wt == END_GROUP:
+            raise WireError("unexpected end-group tag", pos)
+        else:
+            pos = _skip_value(buf, pos, end, wt)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from mpitrans.errors import StrategyError
+from mpitrans.storage import wire
+from mpitrans.storage.wire import WireError
 from mpitrans.strategy.model import RawLayout, StrategyFile
 
 __all__ = [
@@ -36,16 +38,12 @@ __all__ = [
     "write_strategy",
 ]
 
-_VARINT, _FIXED64, _LEN, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
-_MAX_GROUP_DEPTH = 100  # protobuf's own recursion limit; deeper unknown groups are rejected, not followed
+_VARINT, _LEN = wire.VARINT, wire.LENGTH_DELIMITED
+_as_int32, _as_uint32, _as_int64 = wire.as_int32, wire.as_uint32, wire.to_int64
 
 _U32 = (0, (1 << 32) - 1)
 _I32 = (-(1 << 31), (1 << 31) - 1)
 _I64 = (-(1 << 63), (1 << 63) - 1)
-
-
-class _Malformed(Exception):
-    """Internal: the bytes are not a valid encoding; turned into StrategyError with the file name."""
 
 
 def is_json_path(path: str) -> bool:
@@ -54,121 +52,8 @@ def is_json_path(path: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Wire-format decoding
+# Decoding
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """Decode one varint; at most ten bytes, bits beyond 64 dropped, as every protobuf runtime does."""
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise _Malformed("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
-        shift += 7
-        if shift >= 70:
-            raise _Malformed("varint longer than ten bytes")
-
-
-def _varint_len(v: int) -> int:
-    return max(1, (v.bit_length() + 6) // 7)
-
-
-def _as_int32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v & 0x80000000 else v
-
-
-def _as_uint32(v: int) -> int:
-    return v & 0xFFFFFFFF
-
-
-def _as_int64(v: int) -> int:
-    return v - (1 << 64) if v & (1 << 63) else v
-
-
-def _skip_group(buf: bytes, pos: int, end: int, field_no: int) -> int:
-    """Skip an unknown (deprecated) group up to its matching end tag, without recursion."""
-    stack = [field_no]
-    while stack:
-        if len(stack) > _MAX_GROUP_DEPTH:
-            raise _Malformed("groups nested too deeply")
-        tag, pos = _read_varint(buf, pos, end)
-        num, wt = tag >> 3, tag & 7
-        if wt == _END_GROUP:
-            if stack.pop() != num:
-                raise _Malformed("mismatched end-group tag")
-        elif wt == _START_GROUP:
-            stack.append(num)
-        else:
-            pos = _skip_value(buf, pos, end, wt)
-    return pos
-
-
-def _skip_value(buf: bytes, pos: int, end: int, wt: int) -> int:
-    if wt == _VARINT:
-        return _read_varint(buf, pos, end)[1]
-    if wt == _FIXED64:
-        pos += 8
-    elif wt == _FIXED32:
-        pos += 4
-    elif wt == _LEN:
-        n, pos = _read_varint(buf, pos, end)
-        pos += n
-    else:
-        raise _Malformed(f"invalid wire type {wt}")
-    if pos > end:
-        raise _Malformed("field runs past the end of its message")
-    return pos
-
-
-def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield (field number, wire type, a, b) for each field of the message in buf[pos:end].
-
-    For varints `a` is the value; for length-delimited fields `a:b` is the payload. Fixed-width values and
-    groups are never fields of this schema, so they are skipped here and never yielded.
-    """
-    while pos < end:
-        tag = buf[pos]
-        padded = False
-        if tag < 0x80:  # one-byte tag, the only kind this schema's fields use
-            pos += 1
-        else:
-            start = pos
-            tag, pos = _read_varint(buf, pos, end)
-            padded = pos - start != _varint_len(tag)
-        num, wt = tag >> 3, tag & 7
-        if num == 0:
-            raise _Malformed("field number 0")
-        if padded:
-            # A padded (non-minimal) tag. MindSpore's protobuf runtime recognises fields by their exact
-            # tag bytes, so it keeps such a field as unknown; we skip it to read the same content.
-            pos = _skip_group(buf, pos, end, num) if wt == _START_GROUP else _skip_value(buf, pos, end, wt)
-            continue
-        if wt == _VARINT:
-            value, pos = _read_varint(buf, pos, end)
-            yield num, wt, value, pos
-        elif wt == _LEN:
-            if pos < end and buf[pos] < 0x80:
-                n = buf[pos]
-                pos += 1
-            else:
-                n, pos = _read_varint(buf, pos, end)
-            if n > end - pos:
-                raise _Malformed("length-delimited field runs past the end of its message")
-            yield num, wt, pos, pos + n
-            pos += n
-        elif wt == _START_GROUP:
-            pos = _skip_group(buf, pos, end, num)
-        elif wt == _END_GROUP:
-            raise _Malformed("unexpected end-group tag")
-        else:
-            pos = _skip_value(buf, pos, end, wt)
 
 
 _MINUS_ONE = b"\x08" + b"\xff" * 9 + b"\x01"
@@ -190,7 +75,7 @@ def _repeated_dims(buf: bytes, pos: int, end: int, convert) -> tuple[int, ...]:
             break
     if pos >= end:
         return tuple(out)
-    for num, wt, a, b in _fields(buf, pos, end):
+    for num, wt, a, b in wire.iter_fields(buf, pos, end):
         if num != 1:
             continue
         if wt == _VARINT:
@@ -198,7 +83,7 @@ def _repeated_dims(buf: bytes, pos: int, end: int, convert) -> tuple[int, ...]:
         elif wt == _LEN:
             p = a
             while p < b:
-                v, p = _read_varint(buf, p, b)
+                v, p = wire.decode_varint_wrapping(buf, p, b)
                 out.append(convert(v))
     return tuple(out)
 
@@ -207,7 +92,7 @@ def _utf8(buf: bytes, a: int, b: int, what: str) -> str:
     try:
         return buf[a:b].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Malformed(f"{what} is not valid UTF-8") from exc
+        raise WireError(f"{what} is not valid UTF-8", a) from exc
 
 
 class _LayoutAcc:
@@ -223,7 +108,7 @@ class _LayoutAcc:
         self.field = self.step = self.size = 0
 
     def merge(self, buf: bytes, pos: int, end: int) -> None:
-        for num, wt, a, b in _fields(buf, pos, end):
+        for num, wt, a, b in wire.iter_fields(buf, pos, end):
             if wt == _LEN:
                 if num == 1:
                     self.dev.append(_repeated_dims(buf, a, b, _as_uint32))
@@ -278,45 +163,44 @@ def _raw_layout(
     )
 
 
-def _decode_layout_item(buf: bytes, pos: int, end: int) -> tuple[str, RawLayout]:
+def _named_item(buf: bytes, pos: int, end: int, what: str) -> tuple[str, list[tuple[int, int]]]:
+    """A map entry of the strategy file: its name (field 1) and the byte ranges of its value (field 2)."""
     name = ""
-    acc = _LayoutAcc()
-    for num, wt, a, b in _fields(buf, pos, end):
+    values: list[tuple[int, int]] = []
+    for num, wt, a, b in wire.iter_fields(buf, pos, end):
         if wt != _LEN:
             continue
         if num == 1:
-            name = _utf8(buf, a, b, "a parameter name")
+            name = _utf8(buf, a, b, what)
         elif num == 2:
-            acc.merge(buf, a, b)
+            values.append((a, b))
+    return name, values
+
+
+def _decode_layout_item(buf: bytes, pos: int, end: int) -> tuple[str, RawLayout]:
+    name, values = _named_item(buf, pos, end, "a parameter name")
+    acc = _LayoutAcc()
+    for a, b in values:
+        acc.merge(buf, a, b)
     return name, acc.build()
 
 
 def _decode_strategy_item(buf: bytes, pos: int, end: int) -> tuple[str, int, tuple[tuple[int, ...], ...]]:
-    name = ""
+    name, values = _named_item(buf, pos, end, "a node name")
     stage = 0
     dims: list[tuple[int, ...]] = []
-
-    def merge_strategys(p: int, e: int) -> None:
-        nonlocal stage
-        for num, wt, a, b in _fields(buf, p, e):
+    for p, e in values:
+        for num, wt, a, b in wire.iter_fields(buf, p, e):
             if num == 1 and wt == _VARINT:
                 stage = _as_uint32(a)
             elif num == 2 and wt == _LEN:
                 dims.append(_repeated_dims(buf, a, b, _as_uint32))
-
-    for num, wt, a, b in _fields(buf, pos, end):
-        if wt != _LEN:
-            continue
-        if num == 1:
-            name = _utf8(buf, a, b, "a node name")
-        elif num == 2:
-            merge_strategys(a, b)
     return name, stage, tuple(dims)
 
 
 def _decode(buf: bytes) -> StrategyFile:
     out = StrategyFile()
-    for num, wt, a, b in _fields(buf, 0, len(buf)):
+    for num, wt, a, b in wire.iter_fields(buf, 0, len(buf)):
         if num == 1 and wt == _VARINT:
             out.current_stage = _as_uint32(a)
         elif num == 2 and wt == _LEN:
@@ -334,7 +218,7 @@ def decode_strategy(data: bytes, source: str = "<bytes>") -> StrategyFile:
     """
     try:
         strategy = _decode(bytes(data))
-    except _Malformed as exc:
+    except WireError as exc:
         raise StrategyError(
             f"strategy file {source} is not a valid protobuf strategy ({exc}); MindSpore reads every file "
             f"whose name does not end in '.json' as protobuf"
@@ -346,16 +230,6 @@ def decode_strategy(data: bytes, source: str = "<bytes>") -> StrategyFile:
 # ---------------------------------------------------------------------------------------------------------
 # Wire-format encoding
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _varint(v: int) -> bytes:
-    v &= 0xFFFFFFFFFFFFFFFF  # negative int32/int64 values go out as ten-byte two's complement varints
-    out = bytearray()
-    while v > 0x7F:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
 
 
 def _check(v: int, bounds: tuple[int, int], what: str) -> int:
@@ -372,7 +246,7 @@ def _dims(values: Sequence[int], bounds: tuple[int, int], what: str) -> bytes:
             out += b"\x08"
             out.append(v)
         else:
-            out += b"\x08" + _varint(_check(v, bounds, what))
+            out += b"\x08" + wire.encode_varint64(_check(v, bounds, what))
     return bytes(out)
 
 
@@ -385,7 +259,7 @@ def _text(value: str, what: str) -> bytes:
 
 
 def _len_field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    return bytes((tag,)) + wire.encode_varint64(len(payload)) + payload
 
 
 def _encode_layout(layout: RawLayout) -> bytes:
@@ -395,17 +269,17 @@ def _encode_layout(layout: RawLayout) -> bytes:
               for m in layout.param_split_shape_messages()]
     parts += [_len_field(0x22, _dims(m, _I64, "indices_offset"))
               for m in layout.indices_offset_messages()]
-    parts.append(b"\x28" + _varint(_check(layout.field, _I32, "field")))
-    parts.append(b"\x30" + _varint(_check(layout.opt_weight_shard_step, _I32, "opt_weight_shard_step")))
-    parts.append(b"\x38" + _varint(_check(layout.opt_weight_shard_size, _I32, "opt_weight_shard_size")))
+    parts.append(b"\x28" + wire.encode_varint64(_check(layout.field, _I32, "field")))
+    parts.append(b"\x30" + wire.encode_varint64(_check(layout.opt_weight_shard_step, _I32, "opt_weight_shard_step")))
+    parts.append(b"\x38" + wire.encode_varint64(_check(layout.opt_weight_shard_size, _I32, "opt_weight_shard_size")))
     return b"".join(parts)
 
 
 def encode_strategy(strategy: StrategyFile) -> bytes:
     """Serialize to protobuf bytes equal to MindSpore's `SerializeToString()` of the same content."""
-    parts = [b"\x08" + _varint(_check(strategy.current_stage, _U32, "current_stage"))]
+    parts = [b"\x08" + wire.encode_varint64(_check(strategy.current_stage, _U32, "current_stage"))]
     for node, stage, dims in strategy.strategy_items:
-        inner = b"\x08" + _varint(_check(stage, _U32, "stage"))
+        inner = b"\x08" + wire.encode_varint64(_check(stage, _U32, "stage"))
         inner += b"".join(_len_field(0x12, _dims(d, _U32, "parallel_strategy")) for d in dims)
         parts.append(_len_field(0x12, _len_field(0x0A, _text(node, "node name")) + _len_field(0x12, inner)))
     for name, layout in strategy.layouts:
@@ -594,7 +468,7 @@ def strategy_to_bytes(strategy: StrategyFile) -> bytes:
     layout maps are exactly the sender's; no pickle is involved.
     """
     source = strategy.source.encode("utf-8", "surrogateescape")
-    return _MAGIC + _varint(len(source)) + source + encode_strategy(strategy)
+    return _MAGIC + wire.encode_varint64(len(source)) + source + encode_strategy(strategy)
 
 
 def strategy_from_bytes(data: bytes) -> StrategyFile:
@@ -603,8 +477,8 @@ def strategy_from_bytes(data: bytes) -> StrategyFile:
     if not data.startswith(_MAGIC):
         raise StrategyError("strategy payload does not come from strategy_to_bytes")
     try:
-        n, pos = _read_varint(data, len(_MAGIC), len(data))
-    except _Malformed:
+        n, pos = wire.decode_varint_wrapping(data, len(_MAGIC), len(data))
+    except WireError:
         raise StrategyError("strategy payload is truncated") from None
     if n > len(data) - pos:
         raise StrategyError("strategy payload is truncated")

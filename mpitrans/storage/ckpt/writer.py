@@ -13,7 +13,7 @@ import numpy as np
 from mpitrans.errors import MpitransError
 from mpitrans.metadata import TensorMeta
 from mpitrans.storage import checksum
-from mpitrans.storage.base import AtomicFile, Published
+from mpitrans.storage.base import AtomicFile, Published, PublishOnExit
 from mpitrans.storage.ckpt import format as fmt
 from mpitrans.storage.ckpt.format import CRC_MAGIC, WRITE_BUFFER, encode_record_header, itemsize_of
 
@@ -25,7 +25,7 @@ class _Open(NamedTuple):
     nbytes: int
 
 
-class CheckpointWriter:
+class CheckpointWriter(PublishOnExit):
     """Streams tensors into a .ckpt byte-identical to ``mindspore.save_checkpoint`` for the same tensors.
 
     Data arrives in pieces, so a record's length prefix is computed from the shape before its bytes; the
@@ -46,15 +46,6 @@ class CheckpointWriter:
         self._written = 0  # bytes of the open tensor received so far
         self._record_end = 0  # tensor byte position where the current record's content ends
         self._out = AtomicFile(self.path, buffering=WRITE_BUFFER)
-
-    def __enter__(self) -> CheckpointWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def begin_tensor(self, name: str, dtype: str, shape: Sequence[int]) -> None:
         """Start a tensor whose ``prod(shape) * itemsize`` bytes follow through :meth:`write`."""
@@ -105,6 +96,9 @@ class CheckpointWriter:
         self.begin_tensor(name, dtype, shape)
         self.write(view)
         self.end_tensor()
+
+    def commit(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Finish the file and publish it under its final name; on any failure nothing is published."""
