@@ -67,7 +67,12 @@ def transform(src_checkpoint: str, dst_checkpoint: str, src_strategy: str | None
 
 
 def run(opts: JobOptions, t: Transport, placement: Placement | None = None) -> Summary:
-    """`transform` for a ready options object and transport (what the command line calls)."""
+    """`transform` for a ready options object and transport (what the command line calls). With
+    `opts.dry_run` it returns the plan (`dryrun.PlanReport`) and writes nothing."""
+    if opts.dry_run:
+        from mpitrans.job.dryrun import plan_report
+
+        return plan_report(opts, t, placement)  # type: ignore[return-value]
     with JobGuard(t.abort, t.rank, watch_parent=t.size > 1, grace=0.5 if t.size > 1 else 5.0):
         try:
             return _Run(t, opts).go(placement)
