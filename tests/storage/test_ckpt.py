@@ -696,3 +696,31 @@ def test_tensor_over_mindspore_record_limit(tmp_path: Path) -> None:
     with open(path, "rb") as a, open(ours, "rb") as b:
         while chunk := a.read(64 << 20):
             assert chunk == b.read(len(chunk))
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+
+
+@pytest.mark.parametrize("record_bytes", [7, 64, 1 << 20])
+def test_fast_header_path_indexes_exactly_like_the_careful_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 record_bytes: int) -> None:
+    """MindSpore-layout records take a fast path; it must give the same index as field-by-field parsing,
+    for every dtype, scalars, long names, big dims (multi-byte varints) and multi-record tensors."""
+    from mpitrans.storage.ckpt import index as ckpt_index
+
+    rng = np.random.default_rng(record_bytes)
+    monkeypatch.setattr(ckpt.format, "RECORD_BYTES", record_bytes)
+    specs = [(f"{'n' * (i * 37 % 300)}.p{i}", d, s, random_raw(rng, d, s)) for i, (d, s) in enumerate([
+        ("Float32", ()), ("BFloat16", (3, 200)), ("Int64", (1,)), ("UInt8", (130,)), ("Bool", (2, 1, 3)),
+        ("Float16", (129, 2)), ("Int32", (0, 4)), ("Float64", (5,)),
+    ])]
+    our_save(tmp_path / "f.ckpt", specs)
+    fast = ckpt.index_checkpoint(tmp_path / "f.ckpt")
+    calls = []
+    real = ckpt_index._Scanner._fast
+    monkeypatch.setattr(ckpt_index._Scanner, "_fast", lambda self, at, end: calls.append(at) or real(self, at, end))
+    ckpt.index_checkpoint(tmp_path / "f.ckpt")
+    assert calls, "the fast path was not taken"
+    monkeypatch.setattr(ckpt_index._Scanner, "_fast", lambda self, at, end: None)
+    careful = ckpt.index_checkpoint(tmp_path / "f.ckpt")
+    assert fast.entries == careful.entries and fast.crc == careful.crc

@@ -107,6 +107,27 @@ class _Parsed(NamedTuple):
     at: int  # file offset of the record, for messages
 
 
+FAST_HEADER_BYTES = 4096  # a record header longer than this (a huge name) takes the careful path
+_KNOWN_TYPES = {name.encode(): name for name in (*ITEM_SIZES, *UNSUPPORTED_TYPES)}
+
+
+def _varint(buf: bytes, p: int) -> tuple[int, int]:
+    """A varint at `p` of a window; IndexError past its end (the caller then takes the careful path)."""
+    b = buf[p]
+    if b < 0x80:
+        return b, p + 1
+    value, shift = b & 0x7F, 7
+    while True:
+        p += 1
+        b = buf[p]
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, p + 1
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
+
+
 class _Header:
     """Windowed header reads: a few large preads instead of one syscall per varint."""
 
@@ -120,6 +141,13 @@ class _Header:
     def fail(self, message: str, offset: int, name: str | None = None) -> CheckpointFormatError:
         who = f"parameter {name!r}: " if name is not None else ""
         return CheckpointFormatError(f"{self.path}: {who}{message} (at byte {offset})")
+
+    def fit(self, pos: int, n: int) -> None:
+        """Make the window start at or before `pos` and hold at least `n` bytes from it, when it can."""
+        if self.base <= pos and pos + n <= self.base + len(self.buf):
+            return
+        self.buf = _pread(self.fd, min(max(n, HEADER_WINDOW), self.size - pos), pos, self.path)
+        self.base = pos
 
     def _ensure(self, pos: int, n: int) -> None:
         if self.base <= pos and pos + n <= self.base + len(self.buf):
@@ -168,9 +196,18 @@ class _Scanner:
         self.h = _Header(fd, size, path)
 
     def records(self, end: int) -> Iterator[_Parsed | tuple[str, str, int]]:
-        """Yield parsed tensor records, or ``(name, reason, offset)`` for values we cannot represent."""
+        """Yield parsed tensor records, or ``(name, reason, offset)`` for values we cannot represent.
+
+        Records laid out exactly as MindSpore writes them take a fast path (one window lookup, inline
+        one-byte checks); anything else, including every malformed record, goes through the careful
+        field-by-field parser, which also produces the error messages."""
         pos = 0
         while pos < end:
+            fast = self._fast(pos, end)
+            if fast is not None:
+                yield fast[0]
+                pos = fast[1]
+                continue
             field_no, wire_type, p = self.h.tag(pos, end)
             if (field_no, wire_type) != (1, LENGTH_DELIMITED):
                 raise self.h.fail(f"expected a checkpoint record, found field {field_no} (wire type "
@@ -178,6 +215,55 @@ class _Scanner:
             length, p = self.h.length(p, end)
             yield self._value(pos, p, p + length)
             pos = p + length
+
+    def _fast(self, at: int, end: int) -> tuple[_Parsed, int] | None:
+        """One record in MindSpore's exact layout (name, then tensor: dims, type, content), or None."""
+        h = self.h
+        h.fit(at, min(FAST_HEADER_BYTES, end - at))
+        buf, base = h.buf, h.base
+        p = at - base
+        try:
+            if buf[p] != 0x0A:
+                return None
+            length, p = _varint(buf, p + 1)
+            rec_end = base + p + length
+            if rec_end > end or buf[p] != 0x0A:
+                return None
+            n, p = _varint(buf, p + 1)
+            if n > MAX_NAME_BYTES or p + n > len(buf):
+                return None
+            name = buf[p:p + n].decode("utf-8")
+            p += n
+            if buf[p] != 0x12:
+                return None
+            n, p = _varint(buf, p + 1)
+            if base + p + n != rec_end:
+                return None
+            dims = []
+            while buf[p] == 0x08:
+                d = buf[p + 1]
+                if d < 0x80:
+                    p += 2
+                else:
+                    d, p = _varint(buf, p + 1)
+                    if d >= 1 << 63:
+                        return None
+                dims.append(d)
+            if len(dims) > MAX_DIMS:
+                return None
+            n = buf[p + 1]
+            if buf[p] != 0x12 or n >= 0x80:
+                return None
+            dtype = _KNOWN_TYPES.get(buf[p + 2:p + 2 + n])
+            p += 2 + n
+            if dtype is None or buf[p] != 0x1A:
+                return None
+            n, p = _varint(buf, p + 1)
+            if base + p + n != rec_end:
+                return None
+        except (IndexError, UnicodeDecodeError):
+            return None
+        return _Parsed(name, tuple(dims), dtype, base + p, n, at), rec_end
 
     def _value(self, at: int, pos: int, end: int) -> _Parsed | tuple[str, str, int]:
         name: str | None = None
