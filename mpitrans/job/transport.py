@@ -30,6 +30,8 @@ class Transport(Protocol):
 
     def exchange(self, sends: Sequence[tuple[int, memoryview]], recvs: Sequence[tuple[int, memoryview]]) -> None: ...
 
+    def alltoall_bytes(self, data: Sequence[bytes]) -> list[bytes]: ...
+
     def barrier(self) -> None: ...
 
     def abort(self, code: int = 1) -> None: ...
@@ -51,6 +53,9 @@ class LocalTransport:
     def exchange(self, sends, recvs) -> None:
         if sends or recvs:
             raise RuntimeError("a one-process job has no peers to exchange with")
+
+    def alltoall_bytes(self, data: Sequence[bytes]) -> list[bytes]:
+        return [bytes(data[0])]
 
     def barrier(self) -> None:
         pass
@@ -94,6 +99,21 @@ class MPITransport:
             self.comm.Allgatherv([bytes(data), MPI.BYTE], [out, (sizes.tolist(), displs.tolist()), MPI.BYTE])
             return [bytes(out[d:d + s]) for d, s in zip(displs.tolist(), sizes.tolist(), strict=True)]
         return [self.bcast_bytes(data if r == self.rank else None, root=r) for r in range(self.size)]
+
+    def alltoall_bytes(self, data: Sequence[bytes]) -> list[bytes]:
+        """`data[r]` goes to rank r; returns what each rank sent to this one (requests, replies, indexes).
+        Sizes first, then the payloads point to point, each cut below the 2 GiB count limit."""
+        from mpi4py import MPI
+
+        out_sizes = np.array([len(d) for d in data], dtype=np.int64)
+        in_sizes = np.zeros(self.size, dtype=np.int64)
+        self.comm.Alltoall([out_sizes, MPI.INT64_T], [in_sizes, MPI.INT64_T])
+        inbox = [bytearray(int(n)) for n in in_sizes]
+        sends = [(r, memoryview(bytes(d))) for r, d in enumerate(data) if r != self.rank and len(d)]
+        recvs = [(r, memoryview(inbox[r])) for r in range(self.size) if r != self.rank and in_sizes[r]]
+        self.exchange(sends, recvs)
+        inbox[self.rank] = bytearray(data[self.rank])
+        return [bytes(b) for b in inbox]
 
     def exchange(self, sends, recvs) -> None:
         """Post every receive and send of one round, then wait for all: no ordering can deadlock."""

@@ -10,15 +10,16 @@ reads, as a table the schedule consumes. The rules, in order:
 3. otherwise the region goes to the least-loaded process that sees a candidate (spreading reads over
    data-parallel replicas and hosts), and every writer that needs it receives it from that reader.
 
-The table is a pure function of the plans, the placement and who sees which file, so every process
-computes the same one.
+Regions are grouped by identity (tensor, source box, candidates): the processes that want one region
+are decided together (`assign_region`), in target order, so the outcome does not depend on which process
+computes it. In a job each region identity is decided by one "owner" process that all wanting writers
+ask (see `job.exchange`); `assign_readers` decides every region of a set of plans in one process.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from itertools import zip_longest
 from math import prod
 
 from mpitrans.errors import MissingShardError
@@ -66,21 +67,38 @@ class _Chooser:
         return best
 
 
+RegionKey = tuple  # (tensor name, source box, candidates): regions equal in this hold identical bytes
+
+
+def region_key(name: str, region: Region) -> RegionKey:
+    return (name, region.src_box, region.candidates)
+
+
+def assign_region(chooser: _Chooser, key: RegionKey, dst_box: tuple, writers: Sequence[int]) -> list[tuple[int, int]]:
+    """(reader, source rank) for each wanting writer, in the order given (target order)."""
+    name, src_box, candidates = key
+    region = Region(dst_box, src_box, candidates)
+    return [chooser.choose(w, name, region) for w in writers]
+
+
+def new_chooser(seers: Mapping[int, Sequence[int]], file_ids: FileIds | None = None) -> _Chooser:
+    return _Chooser(seers, file_ids or {})
+
+
 def assign_readers(plans: Mapping[int, TargetPlan], placement: Mapping[int, int],
                    seers: Mapping[int, Sequence[int]], file_ids: FileIds | None = None) -> ReaderTable:
-    """The reader of every region. Writers are visited in turn, tensor by tensor, so early regions of
-    every writer get the first pick of readers and the load spreads as the job advances."""
+    """The reader of every region of `plans`, each region identity decided for all its writers at once."""
     chooser = _Chooser(seers, file_ids or {})
-    per_writer: dict[int, list[tuple[int, int, object]]] = defaultdict(list)
+    wants: dict[RegionKey, list[tuple[int, int, int]]] = defaultdict(list)
+    boxes: dict[RegionKey, tuple] = {}
     for tr in sorted(plans):
         for ki, tensor in enumerate(plans[tr].tensors):
-            per_writer[placement[tr]].append((tr, ki, tensor))
-    table: ReaderTable = {}
-    for step in zip_longest(*(per_writer[w] for w in sorted(per_writer))):
-        for w, item in zip(sorted(per_writer), step, strict=True):
-            if item is None:
-                continue
-            tr, ki, tensor = item
             for ri, region in enumerate(tensor.regions):
-                table[(tr, ki, ri)] = chooser.choose(w, tensor.name, region)
+                key = region_key(tensor.name, region)
+                wants[key].append((tr, ki, ri))
+                boxes.setdefault(key, region.dst_box)
+    table: ReaderTable = {}
+    for key, who in wants.items():
+        choices = assign_region(chooser, key, boxes[key], [placement[tr] for tr, _, _ in who])
+        table.update(zip(who, choices, strict=True))
     return table
