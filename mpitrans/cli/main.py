@@ -34,6 +34,7 @@ from mpitrans.cli.options import (
 )
 from mpitrans.errors import MpitransError
 from mpitrans.job.options import JobOptions
+from mpitrans.job.summary import Summary
 
 __all__ = ["SIZE_FORMS", "ArgumentParser", "check_output_dir", "main", "parse_size", "take_flag"]
 
@@ -225,7 +226,9 @@ def _human(n: float) -> str:
     return human_size(n)
 
 
-def format_summary(summary) -> str:
+def format_summary(summary: Summary) -> str:
+    """Rank 0's table of a finished run: per process, what it read, sent, received and wrote, so that a
+    placement that sends much more than it reads locally shows at a glance."""
     lines = [f"mpitrans: wrote {len(summary.targets)} target rank(s) under {summary.dst_checkpoint} "
              f"in {summary.wall_seconds:.2f} s "
              f"({summary.bytes_written / max(summary.wall_seconds, 1e-9) / 1e9:.2f} GB/s written)"]
@@ -291,12 +294,11 @@ def _transform_job(t, opts: JobOptions, debug: bool) -> tuple[object, int | None
     """(the run's `Summary`, or with --dry-run its `PlanReport`; None), or (None, exit status) after a
     failure, reported once when every rank holds it, and otherwise ending the whole job."""
     from mpitrans.job.agree import JobError
-    from mpitrans.job.dryrun import plan_report
     from mpitrans.job.guard import Interrupted
     from mpitrans.job.run import run
 
     try:
-        return (plan_report(opts, t) if opts.dry_run else run(opts, t)), None
+        return run(opts, t), None  # with opts.dry_run: the plan, and nothing written
     except JobError as exc:  # every rank holds the same message: report once, exit cleanly
         _report_once(t, str(exc), traceback.format_exc() if debug else "")
         return None, 1
