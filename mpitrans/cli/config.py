@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Sequence
 
+from mpitrans.cli.options import NOT_OPTIONS, Option, by_file_key, dest_of_flag, file_options, option, parse_size
 from mpitrans.errors import MpitransError
 
 DEFAULT_CONFIG = "mpitrans.yaml"
@@ -27,57 +28,8 @@ class ConfigError(MpitransError):
     exit_code = 2  # like a bad command line: the job was never described correctly
 
 
-# canonical key -> (command-line flag written for it, other key spellings accepted in the file)
-KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "src_checkpoint": ("--src-checkpoint", ("src_ckpt_dir",)),
-    "src_strategy_path_or_dir": ("--src-strategy", ("src_strategy", "src_ckpt_strategy")),
-    "dst_checkpoint": ("--dst-checkpoint", ("dst_checkpoint_dir", "dst_ckpt_dir")),
-    "dst_strategy": ("--dst-strategy", ("dst_ckpt_strategy",)),
-    "prefix": ("--prefix", ()),
-    "max_buffer": ("--max-buffer", ()),
-    "rank_table": ("--rank-table", ("rank_table_file",)),
-    "json_summary": ("--json-summary", ()),
-    "overwrite": ("--overwrite", ()),
-    "quiet": ("--quiet", ()),
-    "log_level": ("--log-level", ()),
-}
-BOOLEAN_KEYS = {"overwrite", "quiet"}
-# Keys whose value may be "None" to mean "not given", as in MindFormers' `--src_ckpt_strategy None`.
-OPTIONAL_PATH_KEYS = {"src_strategy_path_or_dir", "dst_strategy", "rank_table", "json_summary"}
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-# MindFormers keys that have no meaning here, with what to do instead.
-_NOT_HERE = {
-    "world_size": "the target rank count comes from dst_strategy",
-    "process_num": "mpitrans uses every MPI process: choose the count with mpirun -n",
-    "transform_process_num": "mpitrans uses every MPI process: choose the count with mpirun -n",
-    "transform_by_rank": "mpitrans always converts target ranks in parallel",
-    "auto_trans_ckpt": "this is a MindFormers training switch; mpitrans is the offline conversion",
-    "load_checkpoint": "use src_checkpoint",
-    "npu_num_per_node": "the rank table (rank_table) says how many devices each server has",
-}
-
-_ALIASES: dict[str, str] = {}
-for _key, (_flag, _aliases) in KEYS.items():
-    _ALIASES[_key] = _key
-    for _alias in _aliases:
-        _ALIASES[_alias] = _key
-
-# Every spelling of each key on the transform command line, normalized to underscores without dashes
-# (argparse accepts --src-strategy and --src_strategy alike, see mpitrans.cli.main).
-_FLAG_SPELLINGS: dict[str, set[str]] = {
-    "src_checkpoint": {"src_checkpoint", "src_ckpt_dir"},
-    "src_strategy_path_or_dir": {"src_strategy", "src_strategy_path_or_dir", "src_ckpt_strategy"},
-    "dst_checkpoint": {"dst_checkpoint", "dst_checkpoint_dir", "dst_ckpt_dir"},
-    "dst_strategy": {"dst_strategy", "dst_ckpt_strategy"},
-    "prefix": {"prefix"},
-    "max_buffer": {"max_buffer"},
-    "rank_table": {"rank_table", "rank_table_file"},
-    "json_summary": {"json_summary"},
-    "overwrite": {"overwrite", "no_overwrite"},
-    "quiet": {"quiet", "no_quiet"},
-    "log_level": {"log_level"},
-}
+# The configuration-file keys, canonical spellings, in the order their flags are written (from the table).
+KEYS: tuple[str, ...] = tuple(o.key for o in file_options() if o.key is not None)
 
 
 # ----------------------------------------------------------------------------------------- parsing
@@ -200,87 +152,79 @@ def _parse(text: str, source: str) -> dict[str, object]:
     return {str(k): v for k, v in data.items()}
 
 
-# ------------------------------------------------------------------------------------------ sizes
-
-
-SIZE_FORMS = "a positive number of bytes, optionally with a unit K, M, G or T (powers of 1024): 65536, 64M, 1.5G"
-_SIZE = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*([KMGT]?)(?:I?B)?")
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """'256M', '1.5G', '64KiB', '65536' -> bytes; ValueError (saying which forms are accepted) otherwise.
-
-    Checked as the command line or a configuration file is read, so a typo such as `--max-buffer abc`,
-    `0` or `-5` is one clear message before any process starts work, not a traceback or a job that
-    silently runs with a buffer it cannot use.
-    """
-    raw = str(text)
-    m = _SIZE.fullmatch(raw.strip().upper())
-    if not m:
-        raise ValueError(f"{raw!r} is not a size; give {SIZE_FORMS}")
-    n = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if n <= 0:
-        raise ValueError(f"{raw!r} is not a positive size; give {SIZE_FORMS}")
-    return n
-
-
 # ----------------------------------------------------------------------------------------- loading
 
 
 def _known_keys_text() -> str:
     parts = []
-    for key, (_flag, aliases) in KEYS.items():
-        parts.append(key + (f" (or {', '.join(aliases)})" if aliases else ""))
+    for o in file_options():
+        aliases = o.keys[1:]
+        parts.append(o.keys[0] + (f" (or {', '.join(aliases)})" if aliases else ""))
     return ", ".join(parts)
 
 
+def _path(o: Option, key: str, value: object, source: str) -> object:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ConfigError(f"{source}: {key} must be a path, got {value!r}")
+    return str(value)
+
+
+def _text(o: Option, key: str, value: object, source: str) -> object:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    return str(value)
+
+
+def _size(o: Option, key: str, value: object, source: str) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{source}: {key} must be a size such as 256M or 1G, got {value!r}")
+    try:
+        parse_size(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {key}: {exc}") from None
+    return str(value)  # checked here, parsed with the command line's value
+
+
+def _switch(o: Option, key: str, value: object, source: str) -> object:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _choice(o: Option, key: str, value: object, source: str) -> object:
+    if not isinstance(value, str) or value.upper() not in o.choices:
+        raise ConfigError(f"{source}: {key} must be one of {', '.join(o.choices)}, got {value!r}")
+    return value.upper()
+
+
+# How a file's value is checked, by the kind of its option; each returns what is written after its flag.
+_READERS = {"path": _path, "text": _text, "size": _size, "switch": _switch, "flag": _switch, "choice": _choice}
+
+
 def normalize(raw: dict[str, object], source: str = "config") -> dict[str, object]:
-    """Resolve aliases to canonical keys and check value types; `None` values are dropped."""
+    """Resolve aliases to canonical keys and check value types; `None` values are dropped.
+
+    "None" for an optional path means unset, as MindFormers writes `--src_ckpt_strategy None`."""
     out: dict[str, object] = {}
     given_as: dict[str, str] = {}
     for key, value in raw.items():
-        canon = _ALIASES.get(key) or _ALIASES.get(key.replace("-", "_"))
-        if canon is None:
-            hint = f" ({_NOT_HERE[key]})" if key in _NOT_HERE else ""
+        o = by_file_key(key)
+        if o is None:
+            hint = f" ({NOT_OPTIONS[key]})" if key in NOT_OPTIONS else ""
             raise ConfigError(f"{source}: unknown key {key!r}{hint}. Known keys: {_known_keys_text()}")
-        if canon in given_as:
-            raise ConfigError(f"{source}: {key} and {given_as[canon]} are the same setting; give it once")
-        given_as[canon] = key
-        if canon in OPTIONAL_PATH_KEYS and isinstance(value, str) and value.strip() in ("None", "none"):
+        if o.key in given_as:
+            raise ConfigError(f"{source}: {key} and {given_as[o.key]} are the same setting; give it once")
+        given_as[o.key] = key
+        optional = o.kind == "path" and not o.required
+        if optional and isinstance(value, str) and value.strip() in ("None", "none"):
             value = None
-        if value is None:
-            continue
-        if canon in BOOLEAN_KEYS:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
-        elif canon == "log_level":
-            if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
-                raise ConfigError(f"{source}: log_level must be one of {', '.join(LOG_LEVELS)}, "
-                                  f"got {value!r}")
-            value = value.upper()
-        elif canon == "max_buffer":
-            if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise ConfigError(f"{source}: max_buffer must be a size such as 256M or 1G, got {value!r}")
-            value = str(value)
-            try:
-                parse_size(value)
-            except ValueError as exc:
-                raise ConfigError(f"{source}: max_buffer: {exc}") from None
-        elif canon == "prefix":
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                raise ConfigError(f"{source}: prefix must be a string, got {value!r}")
-            value = str(value)
-        else:
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                raise ConfigError(f"{source}: {key} must be a path, got {value!r}")
-            value = str(value)
-        out[canon] = value
+        if value is not None:
+            out[o.key] = _READERS[o.kind](o, key, value, source)
     return out
 
 
 def load_config(path: str | os.PathLike) -> dict[str, object]:
-    """Read a transform configuration: canonical key -> value (str, or bool for overwrite/quiet).
+    """Read a transform configuration: canonical key -> value (str, or bool for a switch such as overwrite).
 
     Aliases (src_strategy, dst_checkpoint_dir, MindFormers' src_ckpt_dir ...) are resolved; an unknown
     key is an error listing the known ones, because a misspelt key silently ignored would run a
@@ -305,17 +249,14 @@ def default_config_path(cwd: str | os.PathLike | None = None) -> str | None:
 
 
 def _given_on_command_line(argv: Sequence[str]) -> set[str]:
-    """Canonical keys that `argv` sets, in any spelling (`--src-strategy X`, `--src_strategy=X`, ...)."""
-    spelled = {s: key for key, names in _FLAG_SPELLINGS.items() for s in names}
+    """Settings that `argv` sets, in any spelling (`--src-strategy X`, `--src_strategy=X`, `--no-quiet`)."""
     given: set[str] = set()
     for tok in argv:
         if tok == "--":
             break
-        if not tok.startswith("--"):
-            continue
-        name = tok[2:].split("=", 1)[0].replace("-", "_")
-        if name in spelled:
-            given.add(spelled[name])
+        dest = dest_of_flag(tok[2:].split("=", 1)[0]) if tok.startswith("--") else None
+        if dest is not None:
+            given.add(dest)
     return given
 
 
@@ -329,21 +270,17 @@ def merge_config_with_args(config: dict[str, object], argv: Sequence[str]) -> li
     config = normalize(config) if any(k not in KEYS for k in config) else config
     given = _given_on_command_line(argv)
     out: list[str] = []
-    for key, (flag, _aliases) in KEYS.items():
-        if key in given or key not in config:
-            continue
-        value = config[key]
+    for o in file_options():
+        value = config.get(o.key) if o.key is not None and o.dest not in given else None
         if value is None or value is False:
             continue
-        if value is True:
-            out.append(flag)
-        else:
-            out += [flag, str(value)]
+        out += [o.flags[0]] if value is True else [o.flags[0], str(value)]
     return out + list(argv)
 
 
 def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     """Take `--config FILE` / `--config=FILE` out of argv: (FILE or None, the rest)."""
+    flags = option("config").flags
     rest: list[str] = []
     path: str | None = None
     it = iter(range(len(argv)))
@@ -353,12 +290,12 @@ def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         if tok == "--":
             rest += args[i:]
             break
-        if tok == "--config":
+        if tok in flags:
             if i + 1 >= len(args):
-                raise ConfigError("--config needs a file name")
+                raise ConfigError(f"{tok} needs a file name")
             path = args[i + 1]
             next(it, None)
-        elif tok.startswith("--config="):
+        elif tok.split("=", 1)[0] in flags:
             path = tok.split("=", 1)[1]
         else:
             rest.append(tok)

@@ -18,10 +18,23 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from dataclasses import asdict
 
-from mpitrans.cli.config import SIZE_FORMS, parse_size
-from mpitrans.errors import MpitransError, UsageError
+from mpitrans.cli.options import (
+    MERGE,
+    RANK_LIST,
+    SIZE_FORMS,
+    TRANSFORM,
+    VERIFY,
+    ArgumentParser,
+    build_parser,
+    option,
+    options_from_args,
+    parse_size,
+)
+from mpitrans.errors import MpitransError
+from mpitrans.job.options import JobOptions
+from mpitrans.job.summary import Summary
 
 __all__ = ["SIZE_FORMS", "ArgumentParser", "check_output_dir", "main", "parse_size", "take_flag"]
 
@@ -30,6 +43,9 @@ examples:
   # 8-rank training checkpoint -> 4 ranks, 4 processes (one per target rank)
   mpirun -n 4 python -m mpitrans --src-checkpoint out/checkpoint --src-strategy out/strategy/ \\
       --dst-checkpoint resharded --dst-strategy dst_strategy.ckpt
+
+  # the same job's plan, per process, without writing anything (--json for scripts)
+  mpirun -n 4 python -m mpitrans --config transform.yaml --dry-run
 
   # merge all ranks into one full checkpoint, in this process only
   python -m mpitrans --src-checkpoint out/checkpoint --src-strategy src_strategy.ckpt --dst-checkpoint full
@@ -42,17 +58,7 @@ subcommands:
 """
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, except that a bad command line raises `UsageError` instead of printing the usage and
-    exiting: under mpirun every process would print it, and a process that exits at once can have mpirun
-    kill the one whose message was still on its way. The error then takes the same path as every other
-    user error: one line, agreed on by all ranks, printed once."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)") from None
-
-
-DEBUG_HELP = "show the traceback of an error too (by default a user error is one line)"
+DEBUG_FLAG = option("debug").flags[0]
 
 
 def take_flag(argv: Sequence[str], flag: str) -> tuple[bool, list[str]]:
@@ -72,67 +78,13 @@ def take_flag(argv: Sequence[str], flag: str) -> tuple[bool, list[str]]:
 
 
 def _transform_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="python -m mpitrans",
-        description="Reshard MindSpore distributed checkpoints to a new parallel layout, across all the "
-        "processes of one MPI job. Each process reads only the byte ranges it needs from the files it can "
-        "see, receives the rest from peers, and writes its target ranks on its own disk.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--src-checkpoint", "--src_checkpoint", "--src_ckpt_dir", "--src-ckpt-dir", dest="src_checkpoint",
-                   required=True, metavar="PATH",
-                   help="source model_dir holding rank_x/*.ckpt (the last .ckpt in name order is used per "
-                   "rank), or one full .ckpt file")
-    p.add_argument("--src-strategy", "--src_strategy", "--src_ckpt_strategy", "--src-ckpt-strategy",
-                   "--src_strategy_path_or_dir", dest="src_strategy", metavar="PATH",
-                   help="source strategy file (protobuf or .json), or a directory of per-stage files "
-                   "(ckpt_strategy_rank_x.ckpt) merged in memory; omit when the source is one full checkpoint")
-    p.add_argument("--dst-checkpoint", "--dst_checkpoint", "--dst_checkpoint_dir", "--dst-checkpoint-dir",
-                   "--dst_ckpt_dir", "--dst-ckpt-dir", dest="dst_checkpoint", required=True, metavar="DIR",
-                   help="output directory; target rank x is written to DIR/rank_x/{prefix}x.ckpt")
-    p.add_argument("--dst-strategy", "--dst_strategy", "--dst_ckpt_strategy", "--dst-ckpt-strategy",
-                   dest="dst_strategy", metavar="PATH",
-                   help="destination strategy file or per-stage directory; omit for one full checkpoint")
-    p.add_argument("--prefix", default="checkpoint_",
-                   help="output file name prefix (default: checkpoint_, giving checkpoint_x.ckpt)")
-    p.add_argument("--rank-table", "--rank_table", "--rank_table_file", dest="rank_table", metavar="FILE",
-                   help="HCCL rank table of the destination cluster: target rank x is written by a process "
-                   "running on the server that holds rank x (MPITRANS_SERVER_ID overrides a host's identity)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace target files that already exist (default: refuse, before moving any byte)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep targets that an earlier run of the same job completed (checked against "
-                   "DIR/mpitrans_manifest.json: size and CRC-32C) and redo the rest")
-    p.add_argument("--config", metavar="FILE",
-                   help="YAML file of these options with MindFormers key names (src_checkpoint, "
-                   "src_strategy_path_or_dir, dst_checkpoint, dst_strategy, prefix, ...); command-line flags "
-                   "win; ./mpitrans.yaml is read when present and no flags are given")
-    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default=_default_max_buffer(), metavar="SIZE",
-                   help=f"bytes of chunk buffers each process may hold: {SIZE_FORMS} (default "
-                   f"{_default_max_buffer()}, which already keeps the disks busy in our benchmark; more only "
-                   "raises memory)")
-    p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE",
-                   help="also write the run summary as JSON to FILE (rank 0)")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level of rank 0 (others: WARNING)")
-    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    return p
-
-
-def _default_max_buffer() -> str:
-    """The engine's default as a size string; both subcommands that move bytes share it."""
-    from mpitrans.job.options import DEFAULT_MAX_BUFFER
-
-    return f"{DEFAULT_MAX_BUFFER >> 20}M"
-
-
-def _size_option(text: str, flag: str = "--max-buffer") -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise UsageError(f"{flag}: {exc}") from None
+    """Every flag of the transform, from the option table (`mpitrans.cli.options`)."""
+    return build_parser(
+        TRANSFORM, "python -m mpitrans",
+        "Reshard MindSpore distributed checkpoints to a new parallel layout, across all the processes of one "
+        "MPI job. Each process reads only the byte ranges it needs from the files it can see, receives the "
+        "rest from peers, and writes its target ranks on its own disk. Every option is listed with all its "
+        "spellings (MindSpore's and MindFormers' too).", EXAMPLE)
 
 
 # A target is written as `.{name}.tmp-{pid}` and renamed to `{name}` = `{prefix}{rank}.ckpt` (or
@@ -274,7 +226,9 @@ def _human(n: float) -> str:
     return human_size(n)
 
 
-def format_summary(summary) -> str:
+def format_summary(summary: Summary) -> str:
+    """Rank 0's table of a finished run: per process, what it read, sent, received and wrote, so that a
+    placement that sends much more than it reads locally shows at a glance."""
     lines = [f"mpitrans: wrote {len(summary.targets)} target rank(s) under {summary.dst_checkpoint} "
              f"in {summary.wall_seconds:.2f} s "
              f"({summary.bytes_written / max(summary.wall_seconds, 1e-9) / 1e9:.2f} GB/s written)"]
@@ -305,41 +259,49 @@ def _write_json_summary(path: str, data: object) -> int:
     return 0
 
 
+def _parse_job(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, JobOptions]:
+    """(the command line, the job it describes): what the command line says, the rest `JobOptions`' defaults."""
+    args = parser.parse_args(list(argv))
+    return args, options_from_args(args)
+
+
+def _transform_setup(argv: Sequence[str]) -> tuple[argparse.Namespace, JobOptions]:
+    from mpitrans.cli.config import apply_config
+
+    args, opts = _parse_job(_transform_parser(), apply_config(argv))  # the file may hold required flags
+    check_output_dir(opts.dst_checkpoint, opts.prefix)  # a dry run checks it too, creating nothing
+    return args, opts
+
+
 def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
     from mpitrans.job.transport import make_transport
 
     # The transport comes first, so that every rank takes part in judging the command line and the
     # configuration file, and rank 0 reports what is wrong once, with no rank exiting before it printed.
     t = make_transport(None)
-
-    def setup() -> argparse.Namespace:
-        from mpitrans.cli.config import apply_config
-        from mpitrans.job.options import check_prefix
-
-        args = _transform_parser().parse_args(apply_config(list(argv)))  # the file may hold required flags
-        args.max_buffer = _size_option(args.max_buffer)
-        check_prefix(args.prefix)
-        check_output_dir(args.dst_checkpoint, args.prefix)
-        return args
-
-    args, code = _agreed(t, setup, debug)
+    setup, code = _agreed(t, lambda: _transform_setup(argv), debug)
     if code is not None:
         return code
-    assert isinstance(args, argparse.Namespace)
+    args, opts = setup  # type: ignore[misc]
+    _setup_logging(t.rank, args.log_level, args.quiet)
+    result, code = _transform_job(t, opts, debug)
+    if code is not None:
+        return code
+    return _show_result(t, args, result)
+
+
+def _transform_job(t, opts: JobOptions, debug: bool) -> tuple[object, int | None]:
+    """(the run's `Summary`, or with --dry-run its `PlanReport`; None), or (None, exit status) after a
+    failure, reported once when every rank holds it, and otherwise ending the whole job."""
     from mpitrans.job.agree import JobError
     from mpitrans.job.guard import Interrupted
-    from mpitrans.job.options import JobOptions
     from mpitrans.job.run import run
 
-    _setup_logging(t.rank, args.log_level, args.quiet)
     try:
-        opts = JobOptions(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
-                          prefix=args.prefix, max_buffer=args.max_buffer, rank_table=args.rank_table,
-                          overwrite=args.overwrite, resume=args.resume, show_progress=not args.quiet)
-        summary = run(opts, t)
+        return run(opts, t), None  # with opts.dry_run: the plan, and nothing written
     except JobError as exc:  # every rank holds the same message: report once, exit cleanly
         _report_once(t, str(exc), traceback.format_exc() if debug else "")
-        return 1
+        return None, 1
     except (MpitransError, KeyboardInterrupt) as exc:
         # Only this process failed (with peers, `transform` has already ended the whole job).
         if debug:
@@ -347,18 +309,27 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
         interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)
         print(f"mpitrans: error: {exc or 'interrupted'}", file=sys.stderr)
         t.abort(130 if interrupted else 1)
-        return 1
+        return None, 1
     except BaseException as exc:  # a bug or an I/O failure mid-transfer: take the whole job down
         traceback.print_exc()
         print(f"mpitrans: rank {t.rank} failed: {exc!r}; aborting the job", file=sys.stderr)
         t.abort(1)
-        return 1
-    if t.rank == 0:
-        if not args.quiet:
-            print(format_summary(summary))
-        if args.json_summary:
-            return _write_json_summary(args.json_summary, summary.to_json())
-    return 0
+        return None, 1
+
+
+def _show_result(t, args: argparse.Namespace, result) -> int:
+    """Rank 0 prints the run's summary or the dry run's plan (JSON with --json, nothing with --quiet),
+    and writes it to --json-summary FILE."""
+    from mpitrans.job.dryrun import PlanReport, format_report
+
+    if t.rank != 0:
+        return 0
+    data = result.to_json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif not args.quiet:
+        print(format_report(result) if isinstance(result, PlanReport) else format_summary(result))
+    return _write_json_summary(args.json_summary, data) if args.json_summary else 0
 
 
 def _run_local(argv: Sequence[str], debug: bool, body: Callable[[list[str]], int], everywhere: bool = False) -> int:
@@ -378,11 +349,10 @@ def _run_local(argv: Sequence[str], debug: bool, body: Callable[[list[str]], int
 
 
 def _merge(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m mpitrans merge-strategy",
-                       description="Merge per-stage strategy files into one file MindSpore can read.")
+    p = build_parser(MERGE, "python -m mpitrans merge-strategy",
+                     "Merge per-stage strategy files into one file MindSpore can read.")
     p.add_argument("src", help="directory of per-stage strategy files (or one file)")
     p.add_argument("dst", help="merged strategy file to write (.json for JSON)")
-    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = p.parse_args(argv)
     from mpitrans.strategy.merge import merge_pipeline_strategys
 
@@ -396,12 +366,9 @@ def _run_merge(argv: Sequence[str], debug: bool = False) -> int:
 
 
 def _rank_list(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m mpitrans rank-list",
-                       description="Print the source ranks MindSpore needs to build a target rank.")
+    p = build_parser(RANK_LIST, "python -m mpitrans rank-list",
+                     "Print the source ranks MindSpore needs to build a target rank.")
     p.add_argument("rank", type=int)
-    p.add_argument("--src-strategy", "--src_strategy", dest="src_strategy")
-    p.add_argument("--dst-strategy", "--dst_strategy", dest="dst_strategy")
-    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = p.parse_args(argv)
     from mpitrans.api import rank_list_for_transform
 
@@ -414,48 +381,27 @@ def _run_rank_list(argv: Sequence[str], debug: bool = False) -> int:
 
 
 def _verify_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="python -m mpitrans verify",
-        description="Check every target file against the source region it should hold, byte for byte, and "
-        "against DIR/mpitrans_manifest.json when present. Run it with the same options as the transform, "
-        "under mpirun too (each target is checked on a host that sees it). Exits 1 on any mismatch.")
-    for flags, kw in (
-        (("--src-checkpoint", "--src_checkpoint", "--src_ckpt_dir"), {"required": True}),
-        (("--src-strategy", "--src_strategy", "--src_ckpt_strategy", "--src_strategy_path_or_dir"), {}),
-        (("--dst-checkpoint", "--dst_checkpoint", "--dst_checkpoint_dir", "--dst_ckpt_dir"), {"required": True}),
-        (("--dst-strategy", "--dst_strategy", "--dst_ckpt_strategy"), {}),
-    ):
-        p.add_argument(*flags, dest=flags[0][2:].replace("-", "_"), **kw)
-    p.add_argument("--prefix", default="checkpoint_")
-    p.add_argument("--max-buffer", "--max_buffer", dest="max_buffer", default=_default_max_buffer(),
-                   metavar="SIZE", help=SIZE_FORMS)
-    p.add_argument("--json-summary", "--json_summary", dest="json_summary", metavar="FILE")
-    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    return p
+    return build_parser(
+        VERIFY, "python -m mpitrans verify",
+        "Check every target file against the source region it should hold, byte for byte, and against "
+        "DIR/mpitrans_manifest.json when present. Run it with the same options as the transform, under mpirun "
+        "too (each target is checked on a host that sees it). Exits 1 on any mismatch.")
 
 
 def _run_verify(argv: Sequence[str], debug: bool = False) -> int:
-    from dataclasses import asdict
-
     from mpitrans.job.transport import make_transport
 
     t = make_transport(None)  # first: every rank judges the command line, rank 0 reports (see _agreed)
-
-    def setup() -> argparse.Namespace:
-        args = _verify_parser().parse_args(list(argv))
-        args.max_buffer = _size_option(args.max_buffer)
-        return args
-
-    args, code = _agreed(t, setup, debug)
+    setup, code = _agreed(t, lambda: _parse_job(_verify_parser(), argv), debug)
     if code is not None:
         return code
-    assert isinstance(args, argparse.Namespace)
+    args, opts = setup  # type: ignore[misc]
     from mpitrans.job.agree import JobError
     from mpitrans.job.verify import format_results, verify
 
     try:
-        results = verify(args.src_checkpoint, args.dst_checkpoint, args.src_strategy, args.dst_strategy,
-                         prefix=args.prefix, comm=t, max_buffer=args.max_buffer)
+        results = verify(opts.src_checkpoint, opts.dst_checkpoint, opts.src_strategy, opts.dst_strategy,
+                         prefix=opts.prefix, comm=t, max_buffer=opts.max_buffer)
     except JobError as exc:
         _report_once(t, str(exc), traceback.format_exc() if debug else "")
         return 1
@@ -485,7 +431,7 @@ SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m mpitrans [subcommand] ...`; returns the exit status (2: bad command line or config)."""
-    debug, args = take_flag(list(sys.argv[1:] if argv is None else argv), "--debug")
+    debug, args = take_flag(list(sys.argv[1:] if argv is None else argv), DEBUG_FLAG)
     if args and args[0] in SUBCOMMANDS:
         code = SUBCOMMANDS[args[0]](args[1:], debug)
     else:

@@ -10,7 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from mpitrans.cli.main import DEBUG_HELP, ArgumentParser, _run_local, take_flag
+from mpitrans.cli.main import DEBUG_FLAG, _run_local, take_flag
+from mpitrans.cli.options import RANK_TABLE, build_parser
 from mpitrans.cluster.hostfile import FORMATS, hostfile, mpirun_command
 from mpitrans.cluster.merge import merge_table, merged_name
 from mpitrans.cluster.placement import far_servers
@@ -149,13 +150,10 @@ def _add_inspectors(sub: argparse._SubParsersAction) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(  # one-line usage errors, like every subcommand
-        prog="python -m mpitrans rank-table",
-        description="Make, join and inspect HCCL rank tables (RANK_TABLE_FILE) and derive MPI hostfiles "
-        "from them. Works without Ascend hardware.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    p = build_parser(  # one-line usage errors, --debug, like every subcommand
+        RANK_TABLE, "python -m mpitrans rank-table",
+        "Make, join and inspect HCCL rank tables (RANK_TABLE_FILE) and derive MPI hostfiles from them. Works "
+        "without Ascend hardware.", _EPILOG)
     sub = p.add_subparsers(dest="cmd", metavar="{generate,merge,hostfile,show,is-local}")
     sub.required = True
     _add_generate(sub)
@@ -178,5 +176,5 @@ def main(argv: Sequence[str] | None = None, debug: bool = False) -> int:
     """`python -m mpitrans.cluster ...` (= `python -m mpitrans rank-table ...`); returns the exit status.
     A user error is one line `mpitrans: error: ...` (status 1, or 2 for a bad command line); `--debug`,
     anywhere on the line, adds its traceback."""
-    flagged, args = take_flag(list(sys.argv[1:] if argv is None else argv), "--debug")
+    flagged, args = take_flag(list(sys.argv[1:] if argv is None else argv), DEBUG_FLAG)
     return _run_local(args, debug or flagged, run, everywhere=True)
