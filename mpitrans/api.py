@@ -94,5 +94,5 @@ def transform_checkpoint_by_rank(
     stats = RankStats(0, socket.gethostname())
     out = os.path.abspath(save_checkpoint_file_name)
     seers = {r: [0] for r in paths}
-    moves = Moves({rank_id: plan}, {rank_id: 0}, seers, paths, metas, {})
+    moves = Moves({rank_id: plan}, seers, paths, metas, {})
     execute(LocalTransport(), moves, lambda _t: out, 1 << 28, stats)

@@ -8,19 +8,19 @@ takes. Useful to check a placement or a hostfile before a long job, and for scri
 
 from __future__ import annotations
 
-from collections import defaultdict
+import json
 from dataclasses import asdict, dataclass, field
 from math import prod
 
 from mpitrans.job.agree import agree
+from mpitrans.job.exchange import exchange_asks, round_sizes
 from mpitrans.job.options import JobOptions
-from mpitrans.job.prepare import prepare
-from mpitrans.job.rounds import Moves, chunk_size
+from mpitrans.job.prepare import plan_job, start
+from mpitrans.job.rounds import Moves, chunk_size, my_chunks
 from mpitrans.job.run import Placement, rank_table_placement, round_robin_placement
 from mpitrans.job.summary import human_size
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import itemsize
-from mpitrans.plan.schedule import build_chunks
 from mpitrans.storage.formats import target_filename
 
 
@@ -32,6 +32,7 @@ class ProcessPlan:
     bytes_sent: int = 0
     bytes_received: int = 0
     bytes_written: int = 0
+    messages: int = 0  # point-to-point messages it sends
 
 
 @dataclass
@@ -48,54 +49,57 @@ class PlanReport:
 
 
 def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = None) -> PlanReport:
-    """Collective: the job's plan and its traffic, identical on every process; writes nothing."""
-    job = prepare(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.strict)
+    """Collective: the job's plan and its traffic, the same on every process; writes nothing. Each
+    process counts its own part (what it writes, reads, sends and receives); the parts are gathered."""
+    setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix)
     if placement is None:
         placement = rank_table_placement(t, opts.rank_table) if opts.rank_table else round_robin_placement
-    where = agree(t, lambda: placement(sorted(job.plans), t.size))
-    moves = Moves(job.plans, where, job.seers, job.visible, job.metas, job.file_ids)
-    procs = [ProcessPlan(r) for r in range(t.size)]
-    targets = {}
-    for tr, plan in sorted(job.plans.items()):
-        nbytes = sum(prod(x.shape) * itemsize(x.dtype) for x in plan.tensors)
-        targets[tr] = {"path": f"rank_{tr}/{target_filename(plan.stem)}", "tensors": len(plan.tensors),
-                       "bytes": nbytes, "writer": where[tr]}
-        procs[where[tr]].targets.append(tr)
-        procs[where[tr]].bytes_written += nbytes
+    where = agree(t, lambda: placement(setup.targets, t.size))
+    job = plan_job(setup, where, opts.strict)
     chunk_bytes = chunk_size(opts.max_buffer, t.size)
-    rounds, messages = _walk(moves, chunk_bytes, procs)
-    return PlanReport(opts.dst_checkpoint, targets, procs, rounds, messages, chunk_bytes)
+    moves = Moves(job.plans, job.seers, job.visible, job.metas, job.file_ids, job.indexes)
+    chunks = my_chunks(t, moves, chunk_bytes)
+    asks = exchange_asks(t, chunks)
+    me, targets = _count(t.rank, job.plans, job.stems, chunks, asks)
+    rounds = max((len(s) for s in round_sizes(t, chunks)), default=0)
+    procs, all_targets = [], {}
+    for blob in t.allgather_bytes(json.dumps([asdict(me), targets]).encode()):
+        proc, tgts = json.loads(blob)
+        procs.append(ProcessPlan(**proc))
+        all_targets.update({int(k): v for k, v in tgts.items()})
+    messages = sum(p.messages for p in procs)
+    return PlanReport(opts.dst_checkpoint, dict(sorted(all_targets.items())), procs, rounds, messages, chunk_bytes)
 
 
-def _walk(moves: Moves, chunk_bytes: int, procs: list[ProcessPlan]) -> tuple[int, int]:
-    """Count bytes and messages round by round, as the rounds would move them."""
-    table = moves.readers()
-    gens = {}
-    for w in sorted(set(moves.placement.values())):
-        mine = [moves.plans[tr] for tr in sorted(moves.plans) if moves.placement[tr] == w]
-        gens[w] = build_chunks(mine, chunk_bytes, table)
-    rounds = messages = 0
-    while gens:
-        pairs: set[tuple[int, int]] = set()
-        read_once: dict[int, set] = defaultdict(set)  # a region wanted twice in a round is read once
-        for w in list(gens):
-            chunk = next(gens[w], None)
-            if chunk is None:
-                del gens[w]
-                continue
-            for p in chunk.pieces:
-                key = (p.src_rank, p.tensor, p.src_box)
-                if key not in read_once[p.reader]:
-                    read_once[p.reader].add(key)
-                    procs[p.reader].bytes_read += p.nbytes
-                if p.reader != w:
-                    procs[p.reader].bytes_sent += p.nbytes
-                    procs[w].bytes_received += p.nbytes
-                    pairs.add((p.reader, w))
-        if gens or pairs:
-            rounds += 1
-        messages += len(pairs)
-    return rounds, messages
+def _count(rank: int, plans: dict, stems: dict, chunks: list, asks: dict) -> tuple[ProcessPlan, dict]:
+    """This process's traffic, counted as the rounds would move it (a region wanted twice in one round is
+    read once)."""
+    me = ProcessPlan(rank)
+    targets = {}
+    for tr, plan in sorted(plans.items()):
+        nbytes = sum(prod(x.shape) * itemsize(x.dtype) for x in plan.tensors)
+        targets[tr] = {"path": f"rank_{tr}/{target_filename(stems[tr])}", "tensors": len(plan.tensors),
+                       "bytes": nbytes, "writer": rank}
+        me.targets.append(tr)
+        me.bytes_written += nbytes
+    for k in range(max([len(chunks), *(r + 1 for r in asks)], default=0)):
+        read: set = set()
+        own = chunks[k] if k < len(chunks) else None
+        for p in own.pieces if own is not None else ():
+            if p.reader == rank:
+                if (p.src_rank, p.tensor, p.src_box) not in read:
+                    read.add((p.src_rank, p.tensor, p.src_box))
+                    me.bytes_read += p.nbytes
+            else:
+                me.bytes_received += p.nbytes
+        for pieces in asks.get(k, {}).values():
+            me.messages += 1
+            for a in pieces:
+                me.bytes_sent += a.nbytes
+                if (a.src_rank, a.tensor, a.src_box) not in read:
+                    read.add((a.src_rank, a.tensor, a.src_box))
+                    me.bytes_read += a.nbytes
+    return me, targets
 
 
 def format_report(report: PlanReport) -> str:

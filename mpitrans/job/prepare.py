@@ -12,9 +12,11 @@ message and nothing is written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from mpitrans import strategy
 from mpitrans.job.agree import JobError, agree
@@ -22,18 +24,21 @@ from mpitrans.job.inventory import Inventory, gather_inventory
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
-from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_index, needed_sources, plan_targets
+from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_index, plan_targets
 from mpitrans.plan.planner import Planner, TargetPlan
 from mpitrans.storage.discover import rank_dirs_without_checkpoint
 from mpitrans.storage.formats import open_source
 from mpitrans.strategy.model import StrategyFile
 
 _ABSENT = (1 << 64) - 1  # length marker of a strategy that was not given
+Placement = Callable[[Sequence[int], int], dict[int, int]]
 
 
 @dataclass
 class Job:
-    """Everything every rank agrees on before any byte moves."""
+    """What this process knows before any byte moves: the strategies, who sees which file, the placement
+    of every target, the plans of the targets it writes, and the metadata (as exported indexes) of every
+    needed source file."""
 
     src: StrategyFile | None
     dst: StrategyFile | None
@@ -42,7 +47,10 @@ class Job:
     inventory: Inventory
     needed: set[int]
     metas: dict[int, list[TensorMeta]]
-    plans: dict[int, TargetPlan]
+    plans: dict[int, TargetPlan]  # only the targets this process writes
+    placement: dict[int, int]  # every target -> the process that writes it
+    indexes: dict[int, bytes] = field(default_factory=dict)  # source rank -> exported index
+    stems: dict[int, str] = field(default_factory=dict)  # every target -> its file name without suffix
 
     @property
     def visible(self) -> dict[int, str]:
@@ -87,63 +95,129 @@ def broadcast_strategies(t: Transport, src_strategy: str | None,
     return src_bytes, dst_bytes
 
 
-def _metas_to_json(metas: dict[int, list[TensorMeta]]) -> bytes:
-    return json.dumps({str(r): [[m.name, m.dtype, list(m.shape)] for m in ms] for r, ms in metas.items()}).encode()
-
-
-def _metas_from_json(data: bytes) -> dict[int, list[TensorMeta]]:
-    raw = json.loads(data.decode()) if data else {}
-    return {int(r): [TensorMeta(n, d, tuple(s)) for n, d, s in ms] for r, ms in raw.items()}
-
-
-def gather_metadata(t: Transport, inv: Inventory, to_index: list[int]) -> dict[int, list[TensorMeta]]:
-    """Each file indexed by one of the processes that see it (spread round-robin), then shared."""
+def gather_metadata(t: Transport, inv: Inventory,
+                    to_index: list[int]) -> tuple[dict[int, list[TensorMeta]], dict[int, bytes]]:
+    """Each file indexed once, by one of the processes that see it (spread round-robin), and its exported
+    index shared. Files of one layout class (data-parallel replicas) export identical indexes: each
+    distinct index travels once and is parsed once, and their metadata lists are shared objects."""
     def index_mine() -> bytes:
-        metas: dict[int, list[TensorMeta]] = {}
+        blobs: dict[str, str] = {}
+        files: dict[str, str] = {}
         for i, g in enumerate(to_index):
             owners = inv.seers[g]
             if owners[i % len(owners)] != t.rank:
                 continue
             reader = open_source(inv.paths[t.rank][g])
             try:
-                metas[g] = reader.tensors()
+                blob = reader.export_index().decode()
             finally:
                 reader.close()
-        return _metas_to_json(metas)
+            key = hashlib.sha1(blob.encode()).hexdigest()
+            blobs[key] = blob
+            files[str(g)] = key
+        return json.dumps({"blobs": blobs, "files": files}).encode()
 
     mine = agree(t, index_mine)
-    metas: dict[int, list[TensorMeta]] = {}
-    for blob in t.allgather_bytes(mine):
-        metas.update(_metas_from_json(blob))
-    return metas
+    blobs: dict[str, bytes] = {}
+    owner: dict[int, str] = {}
+    for data in t.allgather_bytes(mine):
+        part = json.loads(data)
+        blobs.update({k: v.encode() for k, v in part["blobs"].items()})
+        owner.update({int(g): k for g, k in part["files"].items()})
+    parsed: dict[str, list[TensorMeta]] = {}
+    metas, indexes = {}, {}
+    for g, key in sorted(owner.items()):
+        if key not in parsed:
+            parsed[key] = open_source(inv.path_of(g), blobs[key]).tensors()
+        metas[g] = parsed[key]
+        indexes[g] = blobs[key]
+    return metas, indexes
 
 
-def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
-            prefix: str, strict: bool = True) -> Job:
-    """Collective: strategies, inventories, metadata, plans; one agreed error on bad input."""
+def _needed_by(planner: Planner, targets: list[int], src: StrategyFile | None) -> set[int]:
+    """MindSpore's rule for the files `targets` are built from (see `coverage.needed_sources`)."""
+    if planner.by_stage:
+        assert src is not None
+        first = src.stage * planner.src_stage_devices
+        return set(range(first, first + planner.src_stage_devices))
+    need: set[int] = set()
+    for tr in targets:
+        need.update(planner.rank_list(tr) if src is not None else [0])
+    return need
+
+
+@dataclass
+class Setup:
+    """The first, cheap half of preparing: strategies, inventory, and the list of targets."""
+
+    t: Transport
+    src_checkpoint: str
+    prefix: str
+    src: StrategyFile | None
+    dst: StrategyFile | None
+    src_bytes: bytes | None
+    dst_bytes: bytes | None
+    inventory: Inventory
+    shape_only: Planner  # a planner without metadata: target list, names, MindSpore's rank lists
+
+    @property
+    def targets(self) -> list[int]:
+        return self.shape_only.target_ranks()
+
+    def stem(self, target: int) -> str:
+        return self.shape_only.stem(target)
+
+
+def start(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
+          prefix: str) -> Setup:
+    """Collective: strategies (read once, broadcast as raw bytes) and who sees which source file."""
     src_bytes, dst_bytes = broadcast_strategies(t, src_strategy, dst_strategy)
     src = strategy.from_bytes(src_bytes) if src_bytes else None
     dst = strategy.from_bytes(dst_bytes) if dst_bytes else None
-
     inv = gather_inventory(t, src_checkpoint)
     if not inv.seers:
         empty = rank_dirs_without_checkpoint(src_checkpoint)
         hint = f" ({', '.join(empty)} hold no checkpoint file)" if empty else ""
         raise JobError(f"no source checkpoint found under {src_checkpoint}{hint}")
+    shape_only = agree(t, lambda: Planner(src, dst, {}, prefix))
+    return Setup(t, src_checkpoint, prefix, src, dst, src_bytes, dst_bytes, inv, shape_only)
 
-    needed = agree(t, lambda: needed_sources(src, dst, prefix))
+
+def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
+    """Collective: metadata of the needed files, checks, and the plans of this process's targets.
+
+    Every process plans only the targets `where` gives it, so planning costs grow with what a process
+    writes, not with the job."""
+    t, src, dst, inv, prefix = setup.t, setup.src, setup.dst, setup.inventory, setup.prefix
+    mine = [tr for tr in setup.targets if where[tr] == t.rank]
+    needed_here = agree(t, lambda: _needed_by(setup.shape_only, mine, src))
+    needed = {g for blob in t.allgather_bytes(json.dumps(sorted(needed_here)).encode()) for g in json.loads(blob)}
     to_index = files_to_index(needed, inv.seers)
     to_index = sorted(set(to_index) | probe_ranks(source_scope(src, dst, prefix), inv.seers))
-    metas = gather_metadata(t, inv, to_index)
+    metas, indexes = gather_metadata(t, inv, to_index)
     paths = {g: inv.path_of(g) for g in inv.seers}
-    metas = agree(t, lambda: check_sources(src, dst, metas, paths, inv.seers, src_checkpoint, prefix))
+    metas = agree(t, lambda: check_sources(src, dst, metas, paths, inv.seers, setup.src_checkpoint, prefix))
     if strict:
         agree(t, lambda: check_models_match(src, dst, metas))
 
     def make_plans() -> dict[int, TargetPlan]:
-        plans = plan_targets(Planner(src, dst, metas, prefix), needed, inv.seers, src_checkpoint)
-        check_coverage(plans, needed, inv.seers, metas, src_checkpoint)
+        planner = Planner(src, dst, metas, prefix)
+        plans = plan_targets(planner, mine, needed, inv.seers, setup.src_checkpoint)
+        check_coverage(plans, needed_here, inv.seers, metas, setup.src_checkpoint)
         return plans
 
     plans = agree(t, make_plans)
-    return Job(src, dst, src_bytes, dst_bytes, inv, needed, metas, plans)
+    stems = {tr: setup.stem(tr) for tr in setup.targets}
+    return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, needed, metas, plans, where, indexes, stems)
+
+
+def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
+            prefix: str, strict: bool = True, placement: Placement | None = None) -> Job:
+    """Both halves, with a placement function (default: target i on process i mod P)."""
+    setup = start(t, src_checkpoint, src_strategy, dst_strategy, prefix)
+    where = agree(t, lambda: (placement or _round_robin)(setup.targets, t.size))
+    return plan_job(setup, where, strict)
+
+
+def _round_robin(targets: list[int], nprocs: int) -> dict[int, int]:
+    return {tr: tr % nprocs for tr in targets}

@@ -1,45 +1,43 @@
-"""Moving the planned bytes: every process runs the same rounds of reads, sends and writes.
+"""Moving the planned bytes: every process runs the same number of rounds of reads, sends and writes.
 
 Each writer's output is cut into chunks (`plan.schedule`); in round k every writer assembles its k-th
-chunk. A round on one process: post receives for the pieces others read for it, read its own pieces
-(straight into the chunk where contiguous), read and pack the pieces other writers need from it, exchange
-everything point to point in one `Waitall`, scatter what arrived, and hand the chunk to the sink thread.
-A region wanted twice in one round is read from disk once.
+chunk, and every reader supplies the pieces writers asked it for in round k (`exchange`). A round on one
+process: post receives for the pieces others read for it, read its own pieces (straight into the chunk
+where contiguous), read and pack the pieces other writers asked for, exchange everything point to point
+in one `Waitall`, scatter what arrived, and hand the chunk to the sink thread. A region wanted twice in
+one round is read from disk once.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from math import prod
+from dataclasses import dataclass, field
 
 from mpitrans.job.assemble import scatter, target_view
+from mpitrans.job.exchange import Ask, decide_readers, exchange_asks, round_sizes
 from mpitrans.job.faults import fault_point, round_delay
 from mpitrans.job.progress import Progress
 from mpitrans.job.sinks import ABORT, END, ChunkSink, DiskWriter
 from mpitrans.job.sources import SourceFiles
 from mpitrans.job.summary import RankStats
 from mpitrans.job.transport import Transport
-from mpitrans.metadata import TensorMeta, itemsize
-from mpitrans.plan.assign import ReaderTable, assign_readers
+from mpitrans.metadata import TensorMeta
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.plan.schedule import Chunk, Piece, build_chunks
 
 
 @dataclass
 class Moves:
-    """What a byte-moving phase needs to know, identical on every process."""
+    """This process's part of a byte-moving phase: the targets it assembles, and what it knows about the
+    sources (who sees which file, their metadata and exported indexes)."""
 
-    plans: dict[int, TargetPlan]
-    placement: dict[int, int]  # target rank -> MPI rank that assembles it
+    plans: dict[int, TargetPlan]  # the targets this process assembles
     seers: Mapping[int, list[int]]  # source rank -> MPI ranks that see its file
     visible: dict[int, str]  # source rank -> path on this process
     metas: dict[int, list[TensorMeta]]
     file_ids: Mapping[int, Mapping[int, tuple]]
-
-    def readers(self) -> ReaderTable:
-        return assign_readers(self.plans, self.placement, self.seers, self.file_ids)
+    indexes: dict[int, bytes] = field(default_factory=dict)  # source rank -> exported index
 
 
 def chunk_size(max_buffer: int, nprocs: int) -> int:
@@ -48,64 +46,53 @@ def chunk_size(max_buffer: int, nprocs: int) -> int:
     return max(1 << 20, min(max_buffer // (3 + min(fanout, 8)), 512 << 20))
 
 
+def my_chunks(t: Transport, moves: Moves, chunk_bytes: int) -> list[Chunk]:
+    """Collective (the reader decisions): this process's chunks, with a reader for every piece."""
+    table = decide_readers(t, moves.plans, moves.seers, moves.file_ids)
+    return list(build_chunks([moves.plans[tr] for tr in sorted(moves.plans)], chunk_bytes, table))
+
+
 @dataclass
 class Rounds:
-    """One process's part of every round; `sink` consumes this process's assembled chunks (None: it
-    assembles none)."""
+    """One process's part of every round; `sink` consumes its assembled chunks (None: it assembles none)."""
 
     t: Transport
-    moves: Moves
+    chunks: list[Chunk]
     files: SourceFiles
     sink: ChunkSink | None
-    chunk_bytes: int
     stats: RankStats
     progress: Progress | None = None
-    scheduled: int = 0  # bytes of all writers' chunks so far (rank 0's progress measure)
 
     def run(self) -> None:
-        table = self.moves.readers()
-        placement = self.moves.placement
-        gens = {}
-        for w in sorted(set(placement.values())):
-            mine = [self.moves.plans[tr] for tr in sorted(self.moves.plans) if placement[tr] == w]
-            gens[w] = build_chunks(mine, self.chunk_bytes, table)
-        while chunks := self._next(gens):
-            self._round(chunks)
+        asks = exchange_asks(self.t, self.chunks)
+        sizes = round_sizes(self.t, self.chunks)
+        rounds = max((len(s) for s in sizes), default=0)
+        if self.progress is not None:
+            self.progress.total = max(sum(sum(s) for s in sizes), 1)
+        for k in range(rounds):
+            own = self.chunks[k] if k < len(self.chunks) else None
+            self._round(own, asks.get(k, {}))
+            if self.progress is not None:
+                self.progress.update(sum(sum(s[:k + 1]) for s in sizes))
             round_delay()
         if self.progress is not None:
-            self.progress.update(self.scheduled, final=True)
+            self.progress.update(sum(sum(s) for s in sizes), final=True)
 
-    @staticmethod
-    def _next(gens: dict) -> dict[int, Chunk]:
-        chunks: dict[int, Chunk] = {}
-        for w in list(gens):
-            c = next(gens[w], None)
-            if c is None:
-                del gens[w]
-            else:
-                chunks[w] = c
-        return chunks
-
-    def _round(self, chunks: dict[int, Chunk]) -> None:
-        me = self.t.rank
-        self.scheduled += sum(c.nbytes for c in chunks.values())
-        own = chunks.get(me)
+    def _round(self, own: Chunk | None, serve: Mapping[int, list[Ask]]) -> None:
         buf = self.sink.take_buffer(own.nbytes) if own is not None and self.sink is not None else None
         recvs, incoming = self._expect(own)
         got: dict[tuple, memoryview] = {}
         if own is not None:
             self._read_own(own, buf, got)
-        sends = self._pack_sends(chunks, got)
+        sends = self._pack_sends(serve, got)
         if sends or recvs:
             self.t.exchange(sends, recvs)
-        fault_point("mid-transfer", me)
+        fault_point("mid-transfer", self.t.rank)
         self._scatter_incoming(incoming, buf)
         if own is not None and self.sink is not None:
             if self.sink.error is not None:
                 raise self.sink.error
             self.sink.queue.put((own, buf))
-        if self.progress is not None:
-            self.progress.update(self.scheduled)
 
     def _expect(self, own: Chunk | None) -> tuple[list, list]:
         """Receive buffers for the pieces other processes read for this one's chunk, one per reader."""
@@ -141,24 +128,19 @@ class Rounds:
                 got[key] = tmp
             scatter(buf, p, got[key])
 
-    def _pack_sends(self, chunks: dict[int, Chunk], got: dict) -> list[tuple[int, memoryview]]:
+    def _pack_sends(self, serve: Mapping[int, list[Ask]], got: dict) -> list[tuple[int, memoryview]]:
         sends = []
-        for w, c in sorted(chunks.items()):
-            if w == self.t.rank:
-                continue
-            ps = [p for p in c.pieces if p.reader == self.t.rank]
-            if not ps:
-                continue
-            view = memoryview(bytearray(sum(p.nbytes for p in ps)))
+        for w, asks in sorted(serve.items()):
+            view = memoryview(bytearray(sum(a.nbytes for a in asks)))
             pos = 0
-            for p in ps:
-                key = (p.src_rank, p.tensor, p.src_box)
+            for a in asks:
+                key = (a.src_rank, a.tensor, a.src_box)
                 if key in got:
-                    view[pos:pos + p.nbytes] = got[key]
+                    view[pos:pos + a.nbytes] = got[key]
                 else:
-                    self.files.read(p, view[pos:pos + p.nbytes])
-                    got[key] = view[pos:pos + p.nbytes]
-                pos += p.nbytes
+                    self.files.read(a, view[pos:pos + a.nbytes])
+                    got[key] = view[pos:pos + a.nbytes]
+                pos += a.nbytes
             sends.append((w, view))
             self.stats.bytes_sent += len(view)
         return sends
@@ -198,15 +180,14 @@ def execute(t: Transport, moves: Moves, path_of: Callable[[TargetPlan], str], ma
     """Move the planned bytes and write this process's targets: collective over `t`; a failure here must
     end the job (peers wait). Returns what this process wrote: target -> (path, size, CRC-32C)."""
     chunk_bytes = chunk_size(max_buffer, t.size)
-    mine = [moves.plans[tr] for tr in sorted(moves.plans) if moves.placement[tr] == t.rank]
+    chunks = my_chunks(t, moves, chunk_bytes)
+    mine = [moves.plans[tr] for tr in sorted(moves.plans)]
     writer = DiskWriter(mine, path_of, chunk_bytes, t.rank) if mine else None
     if writer is not None:
         writer.on_done = on_done
-    files = SourceFiles(moves.visible, moves.metas)
-    progress = None
-    if show_progress and t.rank == 0:
-        progress = Progress(sum(prod(x.shape) * itemsize(x.dtype) for p in moves.plans.values() for x in p.tensors))
-    run_with_sink(Rounds(t, moves, files, writer, chunk_bytes, stats, progress), writer, files)
+    files = SourceFiles(moves.visible, moves.metas, moves.indexes)
+    progress = Progress(1) if show_progress and t.rank == 0 else None  # its total comes with the chunk sizes
+    run_with_sink(Rounds(t, chunks, files, writer, stats, progress), writer, files)
     stats.bytes_read = files.bytes_read
     stats.bytes_written = writer.bytes_written if writer is not None else 0
     return writer.results if writer is not None else {}

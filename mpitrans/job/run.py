@@ -24,7 +24,7 @@ from mpitrans.job.faults import fault_point
 from mpitrans.job.guard import JobGuard
 from mpitrans.job.lock import JobLock
 from mpitrans.job.options import JobOptions
-from mpitrans.job.prepare import Job, prepare
+from mpitrans.job.prepare import Job, plan_job, start
 from mpitrans.job.rounds import Moves, execute
 from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import Transport, make_transport
@@ -123,13 +123,16 @@ class _Run:
 
     def go(self, placement: Placement | None) -> Summary:
         t, o = self.t, self.opts
-        self.job = prepare(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.strict)
+        setup = start(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix)
         if placement is None:
             placement = rank_table_placement(t, o.rank_table) if o.rank_table else round_robin_placement
-        self.where = agree(t, lambda: placement(sorted(self.job.plans), t.size))
+        self.where = agree(t, lambda: placement(setup.targets, t.size))
+        self.job = plan_job(setup, self.where, o.strict)
         agree(t, lambda: check_destination(o.dst_checkpoint, o.src_checkpoint, self.job.visible))
         self.used = {tr: sources_of(p) for tr, p in self.job.plans.items()}
-        self.fingerprints = self._fingerprints({g for gs in self.used.values() for g in gs})
+        wanted = {g for blob in t.allgather_bytes(json.dumps(sorted({g for gs in self.used.values() for g in gs}))
+                                                  .encode()) for g in json.loads(blob)}
+        self.fingerprints = self._fingerprints(wanted)
         self.identity = manifest.job_identity(self.job.src_bytes, self.job.dst_bytes, o.prefix)
         lock = JobLock(o.dst_checkpoint, t.bcast_bytes(uuid.uuid4().hex.encode() if t.rank == 0 else None).decode())
         agree(t, lambda: lock.acquire() if self.writes_here else None)
@@ -150,7 +153,7 @@ class _Run:
         return os.path.join(self.opts.dst_checkpoint, self.relpath(plan.rank))
 
     def relpath(self, target: int) -> str:
-        return os.path.join(f"rank_{target}", target_filename(self.job.plans[target].stem))
+        return os.path.join(f"rank_{target}", target_filename(self.job.stems[target]))
 
     def _fingerprints(self, wanted: set[int]) -> dict[int, dict]:
         """Each used source file fingerprinted once, by the first process that sees it; known to all."""
@@ -173,7 +176,7 @@ class _Run:
         fault_point("after-plan", t.rank)
         self.stats.targets = self._mine()
         todo = {tr: p for tr, p in self.job.plans.items() if tr not in kept}
-        moves = Moves(todo, self.where, self.job.seers, self.job.visible, self.job.metas, self.job.file_ids)
+        moves = Moves(todo, self.job.seers, self.job.visible, self.job.metas, self.job.file_ids, self.job.indexes)
         written = execute(t, moves, self.path_of, self.opts.max_buffer, self.stats, self._record_progress,
                           self.opts.show_progress)
         self.stats.seconds = time.perf_counter() - self.start
@@ -233,5 +236,5 @@ class _Run:
 
     def _summary(self) -> Summary:
         ranks = [RankStats(**json.loads(b)) for b in self.t.allgather_bytes(json.dumps(asdict(self.stats)).encode())]
-        paths = {tr: os.path.abspath(self.path_of(p)) for tr, p in self.job.plans.items()}
+        paths = {tr: os.path.abspath(os.path.join(self.opts.dst_checkpoint, self.relpath(tr))) for tr in self.where}
         return Summary(os.path.abspath(self.opts.dst_checkpoint), paths, self.where, ranks, 0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mpitrans.errors import MpitransError
+from mpitrans.job.exchange import Ask
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.schedule import Piece
 from mpitrans.storage.base import SourceReader
@@ -13,8 +14,10 @@ class SourceFiles:
     """Readers by source rank. The first read of a tensor checks it against the metadata the job was
     planned with, so a file changed or different on this host fails loudly instead of giving wrong bytes."""
 
-    def __init__(self, paths: dict[int, str], metas: dict[int, list[TensorMeta]]) -> None:
+    def __init__(self, paths: dict[int, str], metas: dict[int, list[TensorMeta]],
+                 indexes: dict[int, bytes] | None = None) -> None:
         self.paths = paths
+        self.indexes = indexes or {}  # exported by the process that indexed the file: not indexed again
         self.metas = {r: {m.name: m for m in ms} for r, ms in metas.items()}
         self._readers: dict[int, SourceReader] = {}
         self._listed: dict[int, dict[str, TensorMeta]] = {}
@@ -24,7 +27,7 @@ class SourceFiles:
     def reader(self, src_rank: int, name: str) -> SourceReader:
         reader = self._readers.get(src_rank)
         if reader is None:
-            reader = self._readers[src_rank] = open_source(self.paths[src_rank])
+            reader = self._readers[src_rank] = open_source(self.paths[src_rank], self.indexes.get(src_rank))
             self._listed[src_rank] = {m.name: m for m in reader.tensors()}
         if (src_rank, name) not in self._checked:
             here = self._listed[src_rank].get(name)
@@ -37,7 +40,7 @@ class SourceFiles:
             self._checked.add((src_rank, name))
         return reader
 
-    def read(self, piece: Piece, out: memoryview) -> None:
+    def read(self, piece: Piece | Ask, out: memoryview) -> None:
         self.reader(piece.src_rank, piece.tensor).read_box(piece.tensor, piece.src_box, out)
         self.bytes_read += len(out)
 

@@ -20,8 +20,8 @@ from math import prod
 from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
 from mpitrans.job.options import DEFAULT_MAX_BUFFER, DEFAULT_PREFIX
-from mpitrans.job.prepare import Job, prepare
-from mpitrans.job.rounds import Moves, Rounds, chunk_size, run_with_sink
+from mpitrans.job.prepare import plan_job, start
+from mpitrans.job.rounds import Moves, Rounds, chunk_size, my_chunks, run_with_sink
 from mpitrans.job.run import round_robin_placement
 from mpitrans.job.sinks import ChunkSink
 from mpitrans.job.sources import SourceFiles
@@ -137,36 +137,39 @@ def verify(src_checkpoint: str, dst_checkpoint: str, src_strategy: str | None = 
            max_buffer: int = DEFAULT_MAX_BUFFER) -> list[TargetResult]:
     """Collective: every target's bytes against the source region it should hold; results on every rank."""
     t = make_transport(comm)
-    job = prepare(t, src_checkpoint, src_strategy, dst_strategy, prefix)
+    setup = start(t, src_checkpoint, src_strategy, dst_strategy, prefix)
 
-    def path_of(target: TargetPlan) -> str:
-        return os.path.join(dst_checkpoint, f"rank_{target.rank}", target_filename(target.stem))
+    def path_of(target: TargetPlan | int) -> str:
+        tr = target if isinstance(target, int) else target.rank
+        return os.path.join(dst_checkpoint, f"rank_{tr}", target_filename(setup.stem(tr)))
 
-    checker = _checkers(t, job, path_of)
-    mine = [job.plans[tr] for tr in sorted(checker) if checker[tr] == t.rank]
+    checker = _checkers(t, setup.targets, path_of)
+    where = {tr: checker.get(tr, tr % t.size) for tr in setup.targets}
+    job = plan_job(setup, where)
+    mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
     comparer = _Comparer(mine, path_of, chunk_size(max_buffer, t.size))
-    files = SourceFiles(job.visible, job.metas)
-    moves = Moves({tr: job.plans[tr] for tr in checker}, checker, job.seers, job.visible, job.metas, job.file_ids)
+    files = SourceFiles(job.visible, job.metas, job.indexes)
+    moves = Moves({p.rank: p for p in mine}, job.seers, job.visible, job.metas, job.file_ids, job.indexes)
+    chunks = my_chunks(t, moves, comparer.chunk_hint)
     sink = comparer if mine else None
-    run_with_sink(Rounds(t, moves, files, sink, comparer.chunk_hint, RankStats(t.rank, socket.gethostname())),
-                  sink, files)
+    run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)
     results = _results(t, mine, comparer.failures, dst_checkpoint, path_of)
     everything = []
     for blob in t.allgather_bytes(json.dumps([asdict(r) for r in results]).encode()):
         everything.extend(TargetResult(**r) for r in json.loads(blob))
-    for tr in sorted(set(job.plans) - set(checker)):
-        everything.append(TargetResult(tr, -1, "", path_of(job.plans[tr]), False, "file not found on any host"))
+    for tr in sorted(set(setup.targets) - set(checker)):
+        everything.append(TargetResult(tr, -1, "", path_of(tr), False, "file not found on any host"))
     return sorted(everything, key=lambda r: r.target)
 
 
-def _checkers(t: Transport, job: Job, path_of: Callable[[TargetPlan], str]) -> dict[int, int]:
+def _checkers(t: Transport, targets: list[int], path_of: Callable[[int], str]) -> dict[int, int]:
     """Each target is checked by a process that sees its file, its owner by placement when it can."""
-    here = [tr for tr, plan in job.plans.items() if os.path.isfile(path_of(plan))]
+    here = [tr for tr in targets if os.path.isfile(path_of(tr))]
     seen_by: dict[int, list[int]] = {}
     for r, blob in enumerate(t.allgather_bytes(json.dumps(here).encode())):
         for tr in json.loads(blob):
             seen_by.setdefault(tr, []).append(r)
-    owner = round_robin_placement(sorted(job.plans), t.size)
+    owner = round_robin_placement(sorted(targets), t.size)
     return {tr: (owner[tr] if owner[tr] in rs else rs[0]) for tr, rs in seen_by.items()}
 
 

@@ -64,11 +64,11 @@ def check_models_match(src: StrategyFile | None, dst: StrategyFile | None,
         raise MpitransError("the source and destination strategies share no parameter: different models?")
 
 
-def plan_targets(planner: Planner, needed: Collection[int], seen: Collection[int],
+def plan_targets(planner: Planner, targets: Collection[int], needed: Collection[int], seen: Collection[int],
                  src_checkpoint: str) -> dict[int, TargetPlan]:
-    """Every target's plan; a target the visible files cannot build is named with what is missing."""
+    """The plans of `targets`; a target the visible files cannot build is named with what is missing."""
     plans = {}
-    for tr in planner.target_ranks():
+    for tr in targets:
         try:
             plans[tr] = planner.plan(tr)
         except MissingShardError as exc:

@@ -40,6 +40,10 @@ class SourceReader(Protocol):
 
     def read_box(self, name: str, box: Box, out: memoryview) -> None: ...
 
+    def export_index(self) -> bytes:
+        """The file's index, for `open_source(path, index=...)` in another process."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -20,11 +20,12 @@ class Format:
     name: str
     suffix: str
 
-    def open_source(self, path: str) -> SourceReader:
+    def open_source(self, path: str, index: bytes | None = None) -> SourceReader:
+        """`index`: what a peer's `export_index()` of the same file returned (saves indexing it again)."""
         if self.name == "ckpt":
             from mpitrans.storage.ckpt.source import CkptSource
 
-            return CkptSource(path)
+            return CkptSource(path, index)
         raise MpitransError(f"{path}: reading {self.name} files is not supported")
 
     def open_target(self, path: str, tensors: Sequence[TensorMeta]) -> TargetWriter:
@@ -48,8 +49,8 @@ def format_of_path(path: str) -> Format:
     raise MpitransError(f"{path}: not a checkpoint mpitrans can read (expected one of {', '.join(SOURCE_SUFFIXES)})")
 
 
-def open_source(path: str) -> SourceReader:
-    return format_of_path(path).open_source(path)
+def open_source(path: str, index: bytes | None = None) -> SourceReader:
+    return format_of_path(path).open_source(path, index)
 
 
 def target_format(name: str) -> Format:

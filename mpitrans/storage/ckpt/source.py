@@ -1,15 +1,20 @@
-"""A `.ckpt` source file as the job sees it (a `SourceReader`): its tensors, and boxes of them by byte range."""
+"""A `.ckpt` source file as the job sees it (a `SourceReader`): its tensors, and boxes of them by byte range.
+
+The index (every tensor's records) can travel: the process that indexed a file exports it, and a process
+that reads the file later is handed the export instead of indexing the file again.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 
-from mpitrans.errors import MpitransError
+from mpitrans.errors import CheckpointFormatError, MpitransError
 from mpitrans.metadata import TensorMeta
 from mpitrans.storage.base import Box
 from mpitrans.storage.ckpt.boxread import read_box_into
-from mpitrans.storage.ckpt.format import TO_NEUTRAL
-from mpitrans.storage.ckpt.index import CheckpointIndex, TensorEntry, index_checkpoint
+from mpitrans.storage.ckpt.format import ITEM_SIZES, TO_NEUTRAL
+from mpitrans.storage.ckpt.index import CheckpointIndex, Record, TensorEntry, index_checkpoint
 
 
 def tensors_of(index: CheckpointIndex) -> list[TensorMeta]:
@@ -17,16 +22,36 @@ def tensors_of(index: CheckpointIndex) -> list[TensorMeta]:
     return [TensorMeta(e.name, TO_NEUTRAL[e.dtype], tuple(e.shape)) for e in index.entries]
 
 
-class CkptSource:
-    """Indexed on open (headers only); the file stays open for box reads until `close`."""
+def export_index(index: CheckpointIndex) -> bytes:
+    """The index as compact JSON, without the path (replicas of one layout export identical bytes)."""
+    entries = [[e.name, e.dtype, list(e.shape), [list(r) for r in e.records]] for e in index.entries]
+    return json.dumps([index.size, index.crc, entries], separators=(",", ":")).encode()
 
-    def __init__(self, path: str) -> None:
+
+def import_index(path: str, data: bytes) -> CheckpointIndex:
+    try:
+        size, crc, raw = json.loads(data)
+        entries = [TensorEntry(name, dtype, tuple(shape), ITEM_SIZES[dtype], tuple(Record(*r) for r in records),
+                               path) for name, dtype, shape, records in raw]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointFormatError(f"{path}: damaged index received from a peer ({exc})") from None
+    return CheckpointIndex(path, size, entries, crc)
+
+
+class CkptSource:
+    """Indexed on open (headers only) unless handed an exported index; the file is opened on the first
+    read, so a process that only plans with the index need not see the file at all."""
+
+    def __init__(self, path: str, index: bytes | None = None) -> None:
         self.path = path
-        self.index = index_checkpoint(path)
-        self._fd = os.open(path, os.O_RDONLY)
+        self.index = index_checkpoint(path) if index is None else import_index(path, index)
+        self._fd = -1
 
     def tensors(self) -> list[TensorMeta]:
         return tensors_of(self.index)
+
+    def export_index(self) -> bytes:
+        return export_index(self.index)
 
     def entry(self, name: str) -> TensorEntry:
         entry = self.index.get(name)
@@ -35,6 +60,11 @@ class CkptSource:
         return entry
 
     def read_box(self, name: str, box: Box, out: memoryview) -> None:
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            if os.fstat(self._fd).st_size != self.index.size:
+                raise CheckpointFormatError(f"{self.path}: the file changed size since it was indexed "
+                                            f"({os.fstat(self._fd).st_size} bytes, indexed {self.index.size})")
         read_box_into(self._fd, self.entry(name), box, out)
 
     def close(self) -> None:
