@@ -77,7 +77,7 @@ class Option:
     dest: str
     spellings: tuple[str, ...]
     help: str
-    kind: str = "path"  # path | text | size | choice | switch (with --no-x) | flag (without)
+    kind: str = "path"  # path | text | patterns (repeatable) | size | choice | switch (with --no-x) | flag
     commands: frozenset[str] = frozenset({TRANSFORM})
     required: bool = False
     metavar: str | None = None
@@ -147,6 +147,20 @@ OPTIONS: tuple[Option, ...] = (
            "server that holds rank x (MPITRANS_SERVER_ID overrides a host's identity)", metavar="FILE"),
     Option("json_summary", ("json-summary",), "also write the summary (of the run, of a --dry-run, of verify's "
            "checks) as JSON to FILE (rank 0)", commands=_JOB, metavar="FILE"),
+    Option("include", ("include",), "keep only parameters whose name matches this glob (repeatable, or "
+           "comma-separated: 'model.*,lm_head.*')", kind="patterns", metavar="GLOB"),
+    Option("exclude", ("exclude",), "leave out parameters whose name matches this glob (repeatable, or "
+           "comma-separated); their bytes are never read", kind="patterns", metavar="GLOB"),
+    Option("exclude_prefix", ("filter-out-param-prefix", "exclude-prefix"), "leave out parameters whose name "
+           "starts with this prefix (MindFormers' filter_out_param_prefix, e.g. adam_; repeatable)",
+           kind="patterns", metavar="PREFIX"),
+    Option("drop_optimizer_state", ("drop-optimizer-state",), "leave out optimizer state and training "
+           "scalars (adam_m.*, adam_v.*, accu_grads.*, global_step, learning_rate, beta1_power, beta2_power, "
+           "scale_sense, loss_scale, current_iterator_step, last_overflow_iterator_step, epoch_num, step_num)",
+           kind="switch"),
+    Option("src_postfix", ("src-postfix", "file-suffix"), "use the checkpoint of each rank_x/ whose name ends "
+           "with TEXT.ckpt (MindFormers' --src_postfix 31_4 / file_suffix; default: the last in name order)",
+           kind="text", metavar="TEXT"),
     Option("overwrite", ("overwrite",), "replace target files that already exist (default: refuse, before "
            "moving any byte)", kind="switch"),
     Option("resume", ("resume",), "keep targets that an earlier run of the same job completed (checked against "
@@ -241,8 +255,18 @@ class _Switch(argparse.Action):
         setattr(namespace, self.dest, option_string not in self.negatives)
 
 
+class _Append(argparse.Action):
+    """A repeatable value collected into a tuple (the `JobOptions` field's type)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, tuple(getattr(namespace, self.dest) or ()) + (values,))
+
+
 def _add(parser: argparse.ArgumentParser, o: Option) -> None:
     kw: dict = {"dest": o.dest, "help": o.help_text(), "default": o.default}
+    if o.kind == "patterns":
+        kw["action"] = _Append
     if o.kind in ("switch", "flag"):
         parser.add_argument(*o.flags, *o.negatives, action=_Switch, negatives=o.negatives, **kw)
         return

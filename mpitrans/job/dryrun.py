@@ -49,7 +49,8 @@ class PlanReport:
 
 def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = None) -> PlanReport:
     """Collective: the job's plan and its traffic, identical on every process; writes nothing."""
-    job = prepare(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.strict)
+    job = prepare(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.strict,
+                  opts.selection())
     if placement is None:
         placement = rank_table_placement(t, opts.rank_table) if opts.rank_table else round_robin_placement
     where = agree(t, lambda: placement(sorted(job.plans), t.size))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from mpitrans import strategy
 from mpitrans.job.agree import JobError, agree
 from mpitrans.job.inventory import Inventory, gather_inventory
+from mpitrans.job.options import ALL_OF_EACH_FILE, Selection
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
@@ -119,13 +120,13 @@ def gather_metadata(t: Transport, inv: Inventory, to_index: list[int]) -> dict[i
 
 
 def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
-            prefix: str, strict: bool = True) -> Job:
+            prefix: str, strict: bool = True, select: Selection = ALL_OF_EACH_FILE) -> Job:
     """Collective: strategies, inventories, metadata, plans; one agreed error on bad input."""
     src_bytes, dst_bytes = broadcast_strategies(t, src_strategy, dst_strategy)
     src = strategy.from_bytes(src_bytes) if src_bytes else None
     dst = strategy.from_bytes(dst_bytes) if dst_bytes else None
 
-    inv = gather_inventory(t, src_checkpoint)
+    inv = gather_inventory(t, src_checkpoint, select.src_postfix)
     if not inv.seers:
         empty = rank_dirs_without_checkpoint(src_checkpoint)
         hint = f" ({', '.join(empty)} hold no checkpoint file)" if empty else ""
@@ -141,7 +142,7 @@ def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_str
         agree(t, lambda: check_models_match(src, dst, metas))
 
     def make_plans() -> dict[int, TargetPlan]:
-        plans = plan_targets(Planner(src, dst, metas, prefix), needed, inv.seers, src_checkpoint)
+        plans = plan_targets(Planner(src, dst, metas, prefix, select.param_filter), needed, inv.seers, src_checkpoint)
         check_coverage(plans, needed, inv.seers, metas, src_checkpoint)
         return plans
 

@@ -23,7 +23,7 @@ from mpitrans.job.agree import JobError, agree, fail_job
 from mpitrans.job.faults import fault_point
 from mpitrans.job.guard import JobGuard
 from mpitrans.job.lock import JobLock
-from mpitrans.job.options import JobOptions
+from mpitrans.job.options import ALL_OF_EACH_FILE, JobOptions
 from mpitrans.job.prepare import Job, prepare
 from mpitrans.job.rounds import Moves, execute
 from mpitrans.job.summary import RankStats, Summary
@@ -123,7 +123,7 @@ class _Run:
 
     def go(self, placement: Placement | None) -> Summary:
         t, o = self.t, self.opts
-        self.job = prepare(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.strict)
+        self.job = prepare(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.strict, o.selection())
         if placement is None:
             placement = rank_table_placement(t, o.rank_table) if o.rank_table else round_robin_placement
         self.where = agree(t, lambda: placement(sorted(self.job.plans), t.size))
@@ -131,6 +131,8 @@ class _Run:
         self.used = {tr: sources_of(p) for tr, p in self.job.plans.items()}
         self.fingerprints = self._fingerprints({g for gs in self.used.values() for g in gs})
         self.identity = manifest.job_identity(self.job.src_bytes, self.job.dst_bytes, o.prefix)
+        if o.selection() != ALL_OF_EACH_FILE:  # filters and --src-postfix change the targets: resume only alike
+            self.identity["selection"] = repr(o.selection())
         lock = JobLock(o.dst_checkpoint, t.bcast_bytes(uuid.uuid4().hex.encode() if t.rank == 0 else None).decode())
         agree(t, lambda: lock.acquire() if self.writes_here else None)
         if lock.stale:
