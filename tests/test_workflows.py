@@ -162,3 +162,39 @@ def test_choice_is_logged_at_warning_level(tmp_path, caplog, example):
         mpitrans.transform(str(src), str(tmp_path / "out"), str(example / "src_strategy.ckpt"),
                            str(example / "dst_strategy.ckpt"), comm=LocalTransport())
     assert any("aaa-9_1.ckpt" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------ compatibility
+
+
+def test_mindspore_2_10_convert_names_are_aliases():
+    ms = pytest.importorskip("mindspore")
+    import inspect
+
+    for ours, theirs in (("convert_checkpoints", "transform_checkpoints"),
+                         ("convert_checkpoint_by_rank", "transform_checkpoint_by_rank"),
+                         ("rank_list_for_convert", "rank_list_for_transform")):
+        assert getattr(mpitrans, ours) is getattr(mpitrans, theirs)
+        ms_fn = getattr(ms, ours, None) or getattr(ms.parallel, ours)
+        assert list(inspect.signature(getattr(mpitrans, ours)).parameters) == list(
+            inspect.signature(ms_fn).parameters)
+
+
+def test_mindformers_flags_verbatim(example, tmp_path):
+    from tests.support.mpirun import python_m
+
+    common = ["--src_checkpoint", str(example / "full" / "model.ckpt"), "--src_ckpt_strategy", "None",
+              "--dst_strategy", str(example / "dst_strategy.ckpt"), "--process_num", "2"]
+    res = python_m([*common, "--dst_checkpoint", str(tmp_path / "a"), "--world_size", "4"])
+    assert res.returncode == 0, res.stderr
+    assert "process_num 2 is ignored" in res.stderr and "mpirun -n" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "a").glob("rank_*")) == [f"rank_{i}" for i in range(4)]
+    res = python_m([*common, "--dst_checkpoint", str(tmp_path / "b"), "--world_size", "8"])
+    assert res.returncode == 1 and "--world-size 8: the destination strategy describes 4" in res.stderr
+    assert not (tmp_path / "b" / "rank_0").exists()
+    cfg = tmp_path / "mf.yaml"
+    cfg.write_text("auto_trans_ckpt: True\ntransform_process_num: 1\nsrc_ckpt_strategy: None\n")
+    res = python_m(["--config", str(cfg), *common[:2], "--dst-checkpoint", str(tmp_path / "c"),
+                    "--dst-strategy", str(example / "dst_strategy.ckpt")])
+    assert res.returncode == 0, res.stderr
+    assert "auto_trans_ckpt is a MindFormers training switch and is ignored" in res.stderr

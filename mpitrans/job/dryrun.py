@@ -20,6 +20,7 @@ from mpitrans.job.run import Placement, rank_table_placement, round_robin_placem
 from mpitrans.job.summary import human_size
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import itemsize
+from mpitrans.plan.coverage import check_world_size
 from mpitrans.plan.schedule import build_chunks
 from mpitrans.storage.formats import target_filename
 
@@ -51,6 +52,7 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     """Collective: the job's plan and its traffic, identical on every process; writes nothing."""
     job = prepare(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.strict,
                   opts.selection())
+    agree(t, lambda: check_world_size(opts.world_size, job.plans))
     if placement is None:
         placement = rank_table_placement(t, opts.rank_table) if opts.rank_table else round_robin_placement
     where = agree(t, lambda: placement(sorted(job.plans), t.size))

@@ -45,6 +45,7 @@ class JobOptions:
     exclude_prefix: tuple[str, ...] = ()  # MindFormers' filter_out_param_prefix: drop names starting so
     drop_optimizer_state: bool = False  # drop adam_m./adam_v./accu_grads. and the training scalars
     src_postfix: str | None = None  # which checkpoint of each rank_x/ (MindFormers' file_suffix)
+    world_size: int | None = None  # MindFormers' target count: checked against the destination strategy
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)

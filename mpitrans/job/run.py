@@ -28,6 +28,7 @@ from mpitrans.job.prepare import Job, prepare
 from mpitrans.job.rounds import Moves, execute
 from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import Transport, make_transport
+from mpitrans.plan.coverage import check_world_size
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.storage.base import remove_stale_temps
 from mpitrans.storage.formats import target_filename
@@ -124,6 +125,7 @@ class _Run:
     def go(self, placement: Placement | None) -> Summary:
         t, o = self.t, self.opts
         self.job = prepare(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.strict, o.selection())
+        agree(t, lambda: check_world_size(o.world_size, self.job.plans))
         if placement is None:
             placement = rank_table_placement(t, o.rank_table) if o.rank_table else round_robin_placement
         self.where = agree(t, lambda: placement(sorted(self.job.plans), t.size))

@@ -97,3 +97,10 @@ def check_coverage(plans: Mapping[int, TargetPlan], needed: Collection[int], see
             f"source checkpoint(s) visible to no process under {src_checkpoint}: "
             + describe_missing(src_checkpoint, hard)
         )
+
+
+def check_world_size(world_size: int | None, plans: Mapping[int, TargetPlan]) -> None:
+    """MindFormers' `world_size` (the target slice count) must be what the destination strategy describes."""
+    if world_size is not None and world_size != len(plans):
+        raise MpitransError(f"--world-size {world_size}: the destination strategy describes {len(plans)} target "
+                            f"rank(s); drop --world-size or give the strategy of a {world_size}-device job")
