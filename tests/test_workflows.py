@@ -198,3 +198,18 @@ def test_mindformers_flags_verbatim(example, tmp_path):
                     "--dst-strategy", str(example / "dst_strategy.ckpt")])
     assert res.returncode == 0, res.stderr
     assert "auto_trans_ckpt is a MindFormers training switch and is ignored" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------ per-stage _part
+
+
+def test_one_stage_part_conversion_from_the_command_line(tmp_path):
+    pytest.importorskip("mindspore")
+    files = build_cases([catalog()["pp2_stage1_part"]])[0]
+    out = tmp_path / "out"
+    res = mpirun(2, ["--src-checkpoint", str(files.src_dir), "--src-strategy", str(files.src_strategy),
+                     "--dst-strategy", str(files.dst_strategy), "--dst-checkpoint", str(out)])
+    assert res.returncode == 0, res.stderr
+    assert "covers pipeline stage 1 only" in res.stderr
+    (out / "mpitrans_manifest.json").unlink()
+    assert_same_tree(files.expected_dir, out)
