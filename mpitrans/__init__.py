@@ -9,7 +9,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "convert_checkpoint_by_rank",
+    "convert_checkpoints",
     "merge_pipeline_strategys",
+    "rank_list_for_convert",
     "rank_list_for_transform",
     "transform",
     "transform_checkpoint_by_rank",
@@ -24,7 +27,8 @@ def __getattr__(name: str):
 
         return transform
     if name in ("transform_checkpoints", "transform_checkpoint_by_rank", "rank_list_for_transform",
-                "merge_pipeline_strategys"):
+                "merge_pipeline_strategys", "convert_checkpoints", "convert_checkpoint_by_rank",
+                "rank_list_for_convert"):
         from mpitrans import api
 
         return getattr(api, name)

@@ -23,7 +23,10 @@ from mpitrans.storage.formats import open_source
 from mpitrans.strategy.merge import merge_pipeline_strategys as merge_pipeline_strategys
 
 __all__ = [
+    "convert_checkpoint_by_rank",
+    "convert_checkpoints",
     "merge_pipeline_strategys",
+    "rank_list_for_convert",
     "rank_list_for_transform",
     "transform_checkpoint_by_rank",
     "transform_checkpoints",
@@ -96,3 +99,10 @@ def transform_checkpoint_by_rank(
     seers = {r: [0] for r in paths}
     moves = Moves({rank_id: plan}, seers, paths, metas, {})
     execute(LocalTransport(), moves, lambda _t: out, 1 << 28, stats)
+
+
+# MindSpore 2.10's newer names for the same functions (`mindspore.parallel.checkpoint_convert`): same
+# signatures, same outputs.
+convert_checkpoints = transform_checkpoints
+convert_checkpoint_by_rank = transform_checkpoint_by_rank
+rank_list_for_convert = rank_list_for_transform

@@ -198,7 +198,8 @@ def _choice(o: Option, key: str, value: object, source: str) -> object:
 
 
 # How a file's value is checked, by the kind of its option; each returns what is written after its flag.
-_READERS = {"path": _path, "text": _text, "size": _size, "switch": _switch, "flag": _switch, "choice": _choice}
+_READERS = {"path": _path, "text": _text, "patterns": _text, "size": _size, "switch": _switch, "flag": _switch,
+            "choice": _choice}
 
 
 def normalize(raw: dict[str, object], source: str = "config") -> dict[str, object]:

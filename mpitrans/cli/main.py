@@ -28,6 +28,7 @@ from mpitrans.cli.options import (
     VERIFY,
     ArgumentParser,
     build_parser,
+    compatibility_notes,
     option,
     options_from_args,
     parse_size,
@@ -284,6 +285,8 @@ def _run_transform(argv: Sequence[str], debug: bool = False) -> int:
         return code
     args, opts = setup  # type: ignore[misc]
     _setup_logging(t.rank, args.log_level, args.quiet)
+    for note in compatibility_notes(args) if t.rank == 0 and not args.quiet else ():
+        print(f"mpitrans: note: {note}", file=sys.stderr)
     result, code = _transform_job(t, opts, debug)
     if code is not None:
         return code

@@ -77,7 +77,7 @@ class Option:
     dest: str
     spellings: tuple[str, ...]
     help: str
-    kind: str = "path"  # path | text | size | choice | switch (with --no-x) | flag (without)
+    kind: str = "path"  # path | text | patterns (repeatable) | size | choice | switch (with --no-x) | flag
     commands: frozenset[str] = frozenset({TRANSFORM})
     required: bool = False
     metavar: str | None = None
@@ -147,6 +147,28 @@ OPTIONS: tuple[Option, ...] = (
            "server that holds rank x (MPITRANS_SERVER_ID overrides a host's identity)", metavar="FILE"),
     Option("json_summary", ("json-summary",), "also write the summary (of the run, of a --dry-run, of verify's "
            "checks) as JSON to FILE (rank 0)", commands=_JOB, metavar="FILE"),
+    Option("include", ("include",), "keep only parameters whose name matches this glob (repeatable, or "
+           "comma-separated: 'model.*,lm_head.*')", kind="patterns", metavar="GLOB"),
+    Option("exclude", ("exclude",), "leave out parameters whose name matches this glob (repeatable, or "
+           "comma-separated); their bytes are never read", kind="patterns", metavar="GLOB"),
+    Option("exclude_prefix", ("filter-out-param-prefix", "exclude-prefix"), "leave out parameters whose name "
+           "starts with this prefix (MindFormers' filter_out_param_prefix, e.g. adam_; repeatable)",
+           kind="patterns", metavar="PREFIX"),
+    Option("drop_optimizer_state", ("drop-optimizer-state",), "leave out optimizer state and training "
+           "scalars (adam_m.*, adam_v.*, accu_grads.*, global_step, learning_rate, beta1_power, beta2_power, "
+           "scale_sense, loss_scale, current_iterator_step, last_overflow_iterator_step, epoch_num, step_num)",
+           kind="switch"),
+    Option("src_postfix", ("src-postfix", "file-suffix"), "use the checkpoint of each rank_x/ whose name ends "
+           "with TEXT.ckpt (MindFormers' --src_postfix 31_4 / file_suffix; default: the last in name order)",
+           kind="text", metavar="TEXT"),
+    Option("world_size", ("world-size",), "MindFormers' target slice count, checked against the destination "
+           "strategy's device count (the strategy decides it)", kind="text", metavar="N"),
+    Option("process_num", ("process-num", "transform-process-num"), "accepted for MindFormers command lines "
+           "and ignored with a note: mpitrans uses every MPI process, choose the count with mpirun -n",
+           kind="text", metavar="N", cli_default=None),
+    Option("auto_trans_ckpt", ("auto-trans-ckpt",), "MindFormers' training-time switch; accepted from a "
+           "MindFormers YAML and ignored with a note (mpitrans is the offline conversion)", kind="switch",
+           cli_default=False),
     Option("overwrite", ("overwrite",), "replace target files that already exist (default: refuse, before "
            "moving any byte)", kind="switch"),
     Option("resume", ("resume",), "keep targets that an earlier run of the same job completed (checked against "
@@ -168,11 +190,7 @@ OPTIONS: tuple[Option, ...] = (
 
 # MindFormers configuration keys that have no meaning here, with what to do instead.
 NOT_OPTIONS = {
-    "world_size": "the target rank count comes from dst_strategy",
-    "process_num": "mpitrans uses every MPI process: choose the count with mpirun -n",
-    "transform_process_num": "mpitrans uses every MPI process: choose the count with mpirun -n",
     "transform_by_rank": "mpitrans always converts target ranks in parallel",
-    "auto_trans_ckpt": "this is a MindFormers training switch; mpitrans is the offline conversion",
     "load_checkpoint": "use src_checkpoint",
     "npu_num_per_node": "the rank table (rank_table) says how many devices each server has",
 }
@@ -241,8 +259,18 @@ class _Switch(argparse.Action):
         setattr(namespace, self.dest, option_string not in self.negatives)
 
 
+class _Append(argparse.Action):
+    """A repeatable value collected into a tuple (the `JobOptions` field's type)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, tuple(getattr(namespace, self.dest) or ()) + (values,))
+
+
 def _add(parser: argparse.ArgumentParser, o: Option) -> None:
     kw: dict = {"dest": o.dest, "help": o.help_text(), "default": o.default}
+    if o.kind == "patterns":
+        kw["action"] = _Append
     if o.kind in ("switch", "flag"):
         parser.add_argument(*o.flags, *o.negatives, action=_Switch, negatives=o.negatives, **kw)
         return
@@ -262,12 +290,30 @@ def build_parser(command: str, prog: str, description: str, epilog: str | None =
 
 
 def _from_args(o: Option, value: object) -> object:
+    if o.kind == "path" and not o.required and isinstance(value, str) and value.strip() in ("None", "none"):
+        return None  # MindFormers scripts pass `--src_ckpt_strategy None` for "no strategy"
+    if o.dest == "world_size" and value is not None:
+        if not str(value).isdigit() or int(str(value)) < 1:
+            raise UsageError(f"--world-size: {value!r} is not a positive number of devices")
+        return int(str(value))
     if o.kind != "size":
         return value
     try:
         return parse_size(value)  # type: ignore[arg-type]
     except ValueError as exc:
         raise UsageError(f"{o.flags[0]}: {exc}") from None
+
+
+def compatibility_notes(args: argparse.Namespace) -> list[str]:
+    """What a MindFormers setting that mpitrans accepts but does not use means here (rank 0 prints them)."""
+    notes = []
+    if getattr(args, "process_num", None) not in (None, "", "1"):
+        notes.append(f"process_num {args.process_num} is ignored: every MPI process converts; choose how "
+                     f"many with mpirun -n")
+    if getattr(args, "auto_trans_ckpt", False):
+        notes.append("auto_trans_ckpt is a MindFormers training switch and is ignored: mpitrans converts offline; "
+                     "load the result with auto_trans_ckpt: False")
+    return notes
 
 
 def options_from_args(args: argparse.Namespace) -> JobOptions:

@@ -21,6 +21,7 @@ from mpitrans.job.run import Placement, rank_table_placement, round_robin_placem
 from mpitrans.job.summary import human_size
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import itemsize
+from mpitrans.plan.coverage import check_world_size
 from mpitrans.storage.formats import target_filename
 
 
@@ -51,7 +52,8 @@ class PlanReport:
 def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = None) -> PlanReport:
     """Collective: the job's plan and its traffic, the same on every process; writes nothing. Each
     process counts its own part (what it writes, reads, sends and receives); the parts are gathered."""
-    setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix)
+    setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.selection())
+    agree(t, lambda: check_world_size(opts.world_size, setup.targets))
     if placement is None:
         placement = rank_table_placement(t, opts.rank_table) if opts.rank_table else round_robin_placement
     where = agree(t, lambda: placement(setup.targets, t.size))

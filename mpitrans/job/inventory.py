@@ -8,13 +8,17 @@ may hold different files at the same path.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from collections import defaultdict
 from dataclasses import dataclass
 
+from mpitrans.job.agree import agree
 from mpitrans.job.transport import Transport
 from mpitrans.storage.discover import discover_sources
+
+log = logging.getLogger("mpitrans")
 
 
 @dataclass
@@ -30,8 +34,9 @@ class Inventory:
         return self.paths[self.seers[g][0]][g]
 
 
-def gather_inventory(t: Transport, src_checkpoint: str) -> Inventory:
-    visible = discover_sources(src_checkpoint)
+def gather_inventory(t: Transport, src_checkpoint: str, src_postfix: str | None = None) -> Inventory:
+    notes: dict[int, str] = {}
+    visible = agree(t, lambda: discover_sources(src_checkpoint, src_postfix, notes))
     host = socket.gethostname()
     listing = {}
     for g, path in visible.items():
@@ -48,4 +53,7 @@ def gather_inventory(t: Transport, src_checkpoint: str) -> Inventory:
             sizes[g] = v[1]
             file_ids[g][r] = tuple(v[2:])
             seers[g].append(r)
+    for g, note in sorted(notes.items()):
+        if seers[g][0] == t.rank:  # once per source rank, by the first process that sees it
+            log.warning("%s", note)
     return Inventory(visible, paths, sizes, dict(seers), dict(file_ids))

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from mpitrans.errors import MpitransError
+from mpitrans.plan.filters import KEEP_ALL, ParamFilter, split_patterns
 
 DEFAULT_MAX_BUFFER = 64 << 20
 DEFAULT_PREFIX = "checkpoint_"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which source files (`src_postfix`) and which of their parameters (`param_filter`) a job uses."""
+
+    param_filter: ParamFilter = field(default=KEEP_ALL)
+    src_postfix: str | None = None
+
+
+ALL_OF_EACH_FILE = Selection()  # no filter, MindSpore's choice of file
 
 
 @dataclass(frozen=True)
@@ -27,11 +39,24 @@ class JobOptions:
     write_manifest: bool = True
     show_progress: bool = False
     dry_run: bool = False  # plan and report, write nothing
+    # Which parameters the targets keep (plan/filters.py); strings may hold comma-separated patterns.
+    include: tuple[str, ...] = ()  # globs: keep only matching names
+    exclude: tuple[str, ...] = ()  # globs: drop matching names
+    exclude_prefix: tuple[str, ...] = ()  # MindFormers' filter_out_param_prefix: drop names starting so
+    drop_optimizer_state: bool = False  # drop adam_m./adam_v./accu_grads. and the training scalars
+    src_postfix: str | None = None  # which checkpoint of each rank_x/ (MindFormers' file_suffix)
+    world_size: int | None = None  # MindFormers' target count: checked against the destination strategy
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
+        for name in ("include", "exclude", "exclude_prefix"):
+            object.__setattr__(self, name, split_patterns(getattr(self, name)))
         if not isinstance(self.max_buffer, int) or self.max_buffer <= 0:
             raise MpitransError(f"max_buffer must be a positive number of bytes, got {self.max_buffer!r}")
+
+    def selection(self) -> Selection:
+        keep = ParamFilter(self.include, self.exclude, self.exclude_prefix, self.drop_optimizer_state)
+        return Selection(keep, self.src_postfix or None)
 
     @classmethod
     def names(cls) -> list[str]:

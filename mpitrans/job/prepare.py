@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mpitrans import strategy
 from mpitrans.job.agree import JobError, agree
 from mpitrans.job.inventory import Inventory, gather_inventory
+from mpitrans.job.options import ALL_OF_EACH_FILE, Selection
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
@@ -31,7 +31,6 @@ from mpitrans.storage.formats import open_source
 from mpitrans.strategy.model import StrategyFile
 
 _ABSENT = (1 << 64) - 1  # length marker of a strategy that was not given
-Placement = Callable[[Sequence[int], int], dict[int, int]]
 
 
 @dataclass
@@ -159,6 +158,7 @@ class Setup:
     dst_bytes: bytes | None
     inventory: Inventory
     shape_only: Planner  # a planner without metadata: target list, names, MindSpore's rank lists
+    select: Selection = ALL_OF_EACH_FILE  # which file of each rank_x, which parameters
 
     @property
     def targets(self) -> list[int]:
@@ -169,18 +169,18 @@ class Setup:
 
 
 def start(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
-          prefix: str) -> Setup:
+          prefix: str, select: Selection = ALL_OF_EACH_FILE) -> Setup:
     """Collective: strategies (read once, broadcast as raw bytes) and who sees which source file."""
     src_bytes, dst_bytes = broadcast_strategies(t, src_strategy, dst_strategy)
     src = strategy.from_bytes(src_bytes) if src_bytes else None
     dst = strategy.from_bytes(dst_bytes) if dst_bytes else None
-    inv = gather_inventory(t, src_checkpoint)
+    inv = gather_inventory(t, src_checkpoint, select.src_postfix)
     if not inv.seers:
         empty = rank_dirs_without_checkpoint(src_checkpoint)
         hint = f" ({', '.join(empty)} hold no checkpoint file)" if empty else ""
         raise JobError(f"no source checkpoint found under {src_checkpoint}{hint}")
     shape_only = agree(t, lambda: Planner(src, dst, {}, prefix))
-    return Setup(t, src_checkpoint, prefix, src, dst, src_bytes, dst_bytes, inv, shape_only)
+    return Setup(t, src_checkpoint, prefix, src, dst, src_bytes, dst_bytes, inv, shape_only, select)
 
 
 def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
@@ -201,7 +201,7 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
         agree(t, lambda: check_models_match(src, dst, metas))
 
     def make_plans() -> dict[int, TargetPlan]:
-        planner = Planner(src, dst, metas, prefix)
+        planner = Planner(src, dst, metas, prefix, setup.select.param_filter)
         plans = plan_targets(planner, mine, needed, inv.seers, setup.src_checkpoint)
         check_coverage(plans, needed_here, inv.seers, metas, setup.src_checkpoint)
         return plans
@@ -209,15 +209,3 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     plans = agree(t, make_plans)
     stems = {tr: setup.stem(tr) for tr in setup.targets}
     return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, needed, metas, plans, where, indexes, stems)
-
-
-def prepare(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
-            prefix: str, strict: bool = True, placement: Placement | None = None) -> Job:
-    """Both halves, with a placement function (default: target i on process i mod P)."""
-    setup = start(t, src_checkpoint, src_strategy, dst_strategy, prefix)
-    where = agree(t, lambda: (placement or _round_robin)(setup.targets, t.size))
-    return plan_job(setup, where, strict)
-
-
-def _round_robin(targets: list[int], nprocs: int) -> dict[int, int]:
-    return {tr: tr % nprocs for tr in targets}

@@ -23,11 +23,12 @@ from mpitrans.job.agree import JobError, agree, fail_job
 from mpitrans.job.faults import fault_point
 from mpitrans.job.guard import JobGuard
 from mpitrans.job.lock import JobLock
-from mpitrans.job.options import JobOptions
+from mpitrans.job.options import ALL_OF_EACH_FILE, JobOptions
 from mpitrans.job.prepare import Job, plan_job, start
 from mpitrans.job.rounds import Moves, execute
 from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import Transport, make_transport
+from mpitrans.plan.coverage import check_world_size
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.storage.base import remove_stale_temps
 from mpitrans.storage.formats import target_filename
@@ -123,7 +124,8 @@ class _Run:
 
     def go(self, placement: Placement | None) -> Summary:
         t, o = self.t, self.opts
-        setup = start(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix)
+        setup = start(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.selection())
+        agree(t, lambda: check_world_size(o.world_size, setup.targets))
         if placement is None:
             placement = rank_table_placement(t, o.rank_table) if o.rank_table else round_robin_placement
         self.where = agree(t, lambda: placement(setup.targets, t.size))
@@ -134,6 +136,8 @@ class _Run:
                                                   .encode()) for g in json.loads(blob)}
         self.fingerprints = self._fingerprints(wanted)
         self.identity = manifest.job_identity(self.job.src_bytes, self.job.dst_bytes, o.prefix)
+        if o.selection() != ALL_OF_EACH_FILE:  # filters and --src-postfix change the targets: resume only alike
+            self.identity["selection"] = repr(o.selection())
         lock = JobLock(o.dst_checkpoint, t.bcast_bytes(uuid.uuid4().hex.encode() if t.rank == 0 else None).decode())
         agree(t, lambda: lock.acquire() if self.writes_here else None)
         if lock.stale:

@@ -7,6 +7,7 @@ inside an agreement step so every rank reports the same problem.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 
@@ -16,6 +17,8 @@ from mpitrans.plan.planner import Planner, TargetPlan
 from mpitrans.storage.discover import describe_missing
 from mpitrans.strategy.layout_map import layout_map
 from mpitrans.strategy.model import StrategyFile
+
+log = logging.getLogger("mpitrans")
 
 
 def needed_sources(src: StrategyFile | None, dst: StrategyFile | None, prefix: str) -> set[int]:
@@ -46,6 +49,14 @@ def check_models_match(src: StrategyFile | None, dst: StrategyFile | None,
     leave unknown parameters out of the targets)."""
     if dst is None:
         return
+    by_stage = src is not None and Planner(src, dst, {}).by_stage
+    if by_stage and src.stage > 0:
+        # One stage's strategy against the whole model: MindSpore converts that stage alone into
+        # `{prefix}x_part{stage}` files; the other stages' parameters are rightly absent. (A stage-0 file
+        # looks like a whole-model strategy missing parameters, so it keeps the check below.)
+        log.info("the source strategy covers pipeline stage %d only: converting that stage into "
+                 "rank_x/{prefix}x_part%d.ckpt (run once per stage's strategy file)", src.stage, src.stage)
+        return
     have = {m.name for ms in metas.values() for m in ms}
     wanted = list(layout_map(dst))
     absent = [n for n in wanted if n not in have]
@@ -59,6 +70,8 @@ def check_models_match(src: StrategyFile | None, dst: StrategyFile | None,
         raise MpitransError(
             f"parameter {absent[0]!r}{more} of the destination strategy is in no source checkpoint "
             f"(MindSpore would silently leave it out of the targets)"
+            + (" - if the source strategy is pipeline stage 0's own file, run with strict=False (Python API) "
+               "to convert that stage into _part0 files" if by_stage else "")
         )
     if src is not None and not set(layout_map(src)) & set(wanted):
         raise MpitransError("the source and destination strategies share no parameter: different models?")
@@ -97,3 +110,10 @@ def check_coverage(plans: Mapping[int, TargetPlan], needed: Collection[int], see
             f"source checkpoint(s) visible to no process under {src_checkpoint}: "
             + describe_missing(src_checkpoint, hard)
         )
+
+
+def check_world_size(world_size: int | None, targets: Collection[int]) -> None:
+    """MindFormers' `world_size` (the target slice count) must be what the destination strategy describes."""
+    if world_size is not None and world_size != len(targets):
+        raise MpitransError(f"--world-size {world_size}: the destination strategy describes {len(targets)} target "
+                            f"rank(s); drop --world-size or give the strategy of a {world_size}-device job")

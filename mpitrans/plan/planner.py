@@ -16,6 +16,7 @@ from math import prod
 
 from mpitrans.errors import LayoutError, MissingShardError, StrategyError
 from mpitrans.metadata import TensorMeta
+from mpitrans.plan.filters import KEEP_ALL, ParamFilter
 from mpitrans.plan.layout import (
     Box,
     box_shape,
@@ -97,6 +98,14 @@ def _device_count(lmap: Mapping[str, ParamLayout] | None) -> int:
     return prod(first.dev_matrix)
 
 
+def _filtered(metas: Mapping[int, Sequence[TensorMeta]], keep: ParamFilter) -> dict[int, list[TensorMeta]]:
+    """The source parameter lists without what the filters drop: nothing of them is planned, read or sent."""
+    if not keep.active:
+        return {r: list(m) for r, m in metas.items()}
+    kept = set(keep.apply(dict.fromkeys(t.name for m in metas.values() for t in m)))
+    return {r: [t for t in m if t.name in kept] for r, m in metas.items()}
+
+
 def _not_in_local_stage(name: str, origin: Mapping | None, current: Mapping | None) -> bool:
     if origin is None or current is None:
         return True
@@ -112,9 +121,11 @@ class Planner:
         dst: StrategyFile | None,
         metas: Mapping[int, Sequence[TensorMeta]],
         prefix: str = "checkpoint_",
+        param_filter: ParamFilter = KEEP_ALL,
     ) -> None:
         self.src, self.dst, self.prefix = src, dst, prefix
-        self.metas = {r: list(m) for r, m in metas.items()}
+        self.param_filter = param_filter
+        self.metas = _filtered(metas, param_filter)
         self._by_name = {r: {t.name: t for t in m} for r, m in self.metas.items()}
         self.origin_src = layout_map(src) if src is not None else None
         self.origin_dst = layout_map(dst) if dst is not None else None

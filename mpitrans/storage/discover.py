@@ -1,24 +1,28 @@
 """Finding source checkpoint files on the disk this process can see.
 
 Layout on disk follows MindSpore: `model_dir/rank_<id>/*.ckpt`, one file per rank; when a rank directory
-holds several checkpoints the lexicographically last one is used (MindSpore's rule, and usually the
-latest step). A single `.ckpt` file stands for an unsplit model: source rank 0.
+holds several checkpoints the lexicographically last one is used (MindSpore's rule for .ckpt; it is
+not always the latest step: epoch 9 sorts after epoch 10, which the warning then says), unless a
+`--src-postfix` selects one. A single `.ckpt` file stands for an unsplit model: source rank 0.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-log = logging.getLogger("mpitrans")
+from mpitrans.errors import MpitransError
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 
 
-def discover_sources(path: str) -> dict[int, str]:
-    """Map each source rank visible here to its checkpoint file; empty when nothing is visible."""
+def discover_sources(path: str, postfix: str | None = None,
+                     notes: dict[int, str] | None = None) -> dict[int, str]:
+    """Map each source rank visible here to its checkpoint file; empty when nothing is visible.
+
+    `postfix` (MindFormers' `--src_postfix` / `file_suffix`) keeps only `*{postfix}.ckpt`; where a rank
+    directory still holds several, why the chosen one was taken goes into `notes[rank]`."""
     if os.path.isfile(path):
         return {0: os.path.abspath(path)}
     if not os.path.isdir(path):
@@ -31,12 +35,65 @@ def discover_sources(path: str) -> dict[int, str]:
             continue
         files = sorted(f for f in os.listdir(rank_dir) if f.endswith(".ckpt")
                        and os.path.isfile(os.path.join(rank_dir, f)))
-        if not files:
+        chosen, note = choose_checkpoint(rank_dir, files, postfix)
+        if chosen is None:
             continue
-        if len(files) > 1:
-            log.info("%s holds %d checkpoints; using the last in name order: %s", rank_dir, len(files), files[-1])
-        found[int(m.group(1))] = os.path.abspath(os.path.join(rank_dir, files[-1]))
+        if note and notes is not None:
+            notes[int(m.group(1))] = note
+        found[int(m.group(1))] = os.path.abspath(os.path.join(rank_dir, chosen))
     return found
+
+
+def _numbers(name: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\d+", name)]
+
+
+def choose_checkpoint(rank_dir: str, files: Sequence[str], postfix: str | None) -> tuple[str | None, str | None]:
+    """(the file of this rank, a note worth a warning or None) among the sorted `.ckpt` names `files`.
+
+    Without `postfix`: MindSpore's rule for .ckpt, the last in name order (`transform_checkpoints` sorts
+    and keeps the last). Name order puts epoch 9 after epoch 10, so the note says when MindSpore's
+    numeric rule (the one it applies to safetensors: the last two numbers of the name) would differ.
+    With `postfix`: MindSpore's `file_suffix` matching (`_find_most_matching_file`)."""
+    if postfix:
+        files = [f for f in files if f.endswith(f"{postfix}.ckpt")]
+        if not files:
+            raise MpitransError(f"{rank_dir}: no checkpoint ends with {postfix!r}.ckpt (--src-postfix)")
+        if len(files) > 1:
+            picked = _match_postfix(rank_dir, files, postfix)
+            return picked, f"{rank_dir}: {len(files)} checkpoints end with {postfix!r}; using {picked}"
+        return files[0], None
+    if len(files) <= 1:
+        return (files[0] if files else None), None
+    picked = files[-1]
+    note = f"{rank_dir} holds {len(files)} checkpoints; using the last in name order (MindSpore's rule): {picked}"
+    newest = max(files, key=lambda f: _numbers(f)[-2:])
+    if newest != picked:
+        note += (f" - NOT {newest}, which has the higher epoch/step numbers; choose with --src-postfix "
+                 f"(e.g. --src-postfix {'_'.join(map(str, _numbers(newest)[-2:]))}) or move the others away")
+    return picked, note
+
+
+_SUFFIX_FORMS = ((re.compile(r"^_?\d+-\d+_\d+$"), "_"), (re.compile(r"^-?\d+_\d+$"), "-"),
+                 (re.compile(r"^_?\d+$"), "_"))
+
+
+def _match_postfix(rank_dir: str, files: Sequence[str], postfix: str) -> str:
+    """MindSpore's disambiguation of several `*{postfix}` files: a `task-epoch_step`, `epoch_step` or
+    `step` postfix must follow its separator (`_1-10_100`, `-10_100`, `_100`); the shortest such name wins."""
+    for form, sep in _SUFFIX_FORMS:
+        if not form.match(postfix):
+            continue
+        full = postfix if postfix.startswith(sep) else sep + postfix
+        matched = [f for f in files if f.endswith(f"{full}.ckpt") and not f.endswith(f"rank{full}.ckpt")]
+        if matched:
+            shortest = min(len(f) for f in matched)
+            best = [f for f in matched if len(f) == shortest]
+            if len(best) == 1:
+                return best[0]
+        break
+    raise MpitransError(f"{rank_dir}: several checkpoints end with {postfix!r} ({', '.join(files)}); "
+                        f"give a longer --src-postfix that names one")
 
 
 def rank_dirs_without_checkpoint(path: str) -> list[str]:

@@ -93,8 +93,8 @@ def test_unknown_key_lists_known_ones(tmp_path):
     for key in cfg.KEYS:
         assert key in str(err.value)
     assert isinstance(err.value, MpitransError)
-    with pytest.raises(ConfigError, match="process_num.*mpirun -n"):
-        cfg.load_config(write(tmp_path, "process_num: 2\n"))
+    with pytest.raises(ConfigError, match="load_checkpoint.*src_checkpoint"):
+        cfg.load_config(write(tmp_path, "load_checkpoint: a\n"))
 
 
 @pytest.mark.parametrize(("text", "message"), [
