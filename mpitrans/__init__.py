@@ -9,8 +9,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "ckpt_to_safetensors",
     "merge_pipeline_strategys",
     "rank_list_for_transform",
+    "safetensors_to_ckpt",
     "transform",
     "transform_checkpoint_by_rank",
     "transform_checkpoints",
@@ -24,7 +26,7 @@ def __getattr__(name: str):
 
         return transform
     if name in ("transform_checkpoints", "transform_checkpoint_by_rank", "rank_list_for_transform",
-                "merge_pipeline_strategys"):
+                "merge_pipeline_strategys", "ckpt_to_safetensors", "safetensors_to_ckpt"):
         from mpitrans import api
 
         return getattr(api, name)

@@ -58,8 +58,9 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     targets = {}
     for tr, plan in sorted(job.plans.items()):
         nbytes = sum(prod(x.shape) * itemsize(x.dtype) for x in plan.tensors)
-        targets[tr] = {"path": f"rank_{tr}/{target_filename(plan.stem)}", "tensors": len(plan.tensors),
-                       "bytes": nbytes, "writer": where[tr]}
+        name = target_filename(plan.stem, opts.output_format)
+        targets[tr] = {"path": f"rank_{tr}/{name}", "tensors": len(plan.tensors), "bytes": nbytes,
+                       "writer": where[tr]}
         procs[where[tr]].targets.append(tr)
         procs[where[tr]].bytes_written += nbytes
     chunk_bytes = chunk_size(opts.max_buffer, t.size)

@@ -13,6 +13,7 @@ import socket
 from collections import defaultdict
 from dataclasses import dataclass
 
+from mpitrans.job.agree import agree
 from mpitrans.job.transport import Transport
 from mpitrans.storage.discover import discover_sources
 
@@ -31,7 +32,7 @@ class Inventory:
 
 
 def gather_inventory(t: Transport, src_checkpoint: str) -> Inventory:
-    visible = discover_sources(src_checkpoint)
+    visible = agree(t, lambda: discover_sources(src_checkpoint))  # a mixed-format source fails on every rank
     host = socket.gethostname()
     listing = {}
     for g, path in visible.items():

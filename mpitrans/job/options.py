@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from mpitrans.errors import MpitransError
+from mpitrans.storage.formats import target_format
 
 DEFAULT_MAX_BUFFER = 64 << 20
 DEFAULT_PREFIX = "checkpoint_"
@@ -27,9 +28,11 @@ class JobOptions:
     write_manifest: bool = True
     show_progress: bool = False
     dry_run: bool = False  # plan and report, write nothing
+    output_format: str = "ckpt"  # the targets' format: ckpt or safetensors (storage.formats)
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
+        target_format(self.output_format)  # an unknown name is refused before any rank starts work
         if not isinstance(self.max_buffer, int) or self.max_buffer <= 0:
             raise MpitransError(f"max_buffer must be a positive number of bytes, got {self.max_buffer!r}")
 

@@ -150,7 +150,8 @@ class _Run:
         return os.path.join(self.opts.dst_checkpoint, self.relpath(plan.rank))
 
     def relpath(self, target: int) -> str:
-        return os.path.join(f"rank_{target}", target_filename(self.job.plans[target].stem))
+        return os.path.join(f"rank_{target}", target_filename(self.job.plans[target].stem,
+                                                                  self.opts.output_format))
 
     def _fingerprints(self, wanted: set[int]) -> dict[int, dict]:
         """Each used source file fingerprinted once, by the first process that sees it; known to all."""

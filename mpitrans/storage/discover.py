@@ -1,8 +1,9 @@
 """Finding source checkpoint files on the disk this process can see.
 
-Layout on disk follows MindSpore: `model_dir/rank_<id>/*.ckpt`, one file per rank; when a rank directory
-holds several checkpoints the lexicographically last one is used (MindSpore's rule, and usually the
-latest step). A single `.ckpt` file stands for an unsplit model: source rank 0.
+Layout on disk follows MindSpore: `model_dir/rank_<id>/*.ckpt` or `*.safetensors`, one file per rank.
+When a rank directory holds several checkpoints MindSpore's rules pick one: the lexicographically last
+`.ckpt`; the `.safetensors` with the highest (epoch, step), or the one a `file_suffix` names. A single
+`.ckpt` or `.safetensors` file stands for an unsplit model: source rank 0.
 """
 
 from __future__ import annotations
@@ -12,42 +13,111 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from mpitrans.errors import MpitransError
+from mpitrans.storage.formats import SOURCE_SUFFIXES
+
 log = logging.getLogger("mpitrans")
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 
 
-def discover_sources(path: str) -> dict[int, str]:
-    """Map each source rank visible here to its checkpoint file; empty when nothing is visible."""
+def discover_sources(path: str, file_suffix: str | None = None) -> dict[int, str]:
+    """Map each source rank visible here to its checkpoint file; empty when nothing is visible.
+
+    Refuses a source mixing `.ckpt` and `.safetensors` (MindSpore refuses it too): which one the user
+    meant is a guess, and resharding half a model from stale files would be silent corruption."""
     if os.path.isfile(path):
         return {0: os.path.abspath(path)}
     if not os.path.isdir(path):
         return {}
     found: dict[int, str] = {}
+    example: dict[str, str] = {}  # suffix -> one file of that format, for the mixing error
     for entry in sorted(os.listdir(path)):
         m = _RANK_DIR.match(entry)
         rank_dir = os.path.join(path, entry)
         if not m or not os.path.isdir(rank_dir):
             continue
-        files = sorted(f for f in os.listdir(rank_dir) if f.endswith(".ckpt")
-                       and os.path.isfile(os.path.join(rank_dir, f)))
-        if not files:
-            continue
-        if len(files) > 1:
-            log.info("%s holds %d checkpoints; using the last in name order: %s", rank_dir, len(files), files[-1])
-        found[int(m.group(1))] = os.path.abspath(os.path.join(rank_dir, files[-1]))
+        by_suffix = _checkpoints_in(rank_dir)
+        for suffix, files in by_suffix.items():
+            example.setdefault(suffix, os.path.join(rank_dir, files[0]))
+        if len(example) > 1:
+            a, b = (example[s] for s in sorted(example))
+            raise MpitransError(f"{path} mixes checkpoint formats: {a} and {b}; keep one format per source "
+                                f"directory")
+        for suffix, files in by_suffix.items():
+            found[int(m.group(1))] = os.path.abspath(_choose(rank_dir, files, suffix, file_suffix))
     return found
 
 
+def _checkpoints_in(rank_dir: str) -> dict[str, list[str]]:
+    """The checkpoint files of one rank directory, by suffix, in name order."""
+    out: dict[str, list[str]] = {}
+    for f in sorted(os.listdir(rank_dir)):
+        suffix = next((s for s in SOURCE_SUFFIXES if f.endswith(s)), None)
+        if suffix and os.path.isfile(os.path.join(rank_dir, f)):
+            out.setdefault(suffix, []).append(f)
+    return out
+
+
+def _choose(rank_dir: str, files: list[str], suffix: str, file_suffix: str | None) -> str:
+    """MindSpore's choice among a rank's files: for `.ckpt` the last in name order; for `.safetensors`
+    the one whose last two numbers (epoch, step) are highest, or the one `file_suffix` names."""
+    if suffix == ".safetensors":
+        paths = [os.path.join(rank_dir, f) for f in files]
+        if file_suffix is not None:
+            return choose_by_suffix(paths, file_suffix, suffix)
+        if len(paths) > 1:
+            log.info("%s holds %d checkpoints; using the highest epoch/step: %s", rank_dir, len(paths),
+                     max(paths, key=_last_two_numbers))
+        return sorted(paths, key=_last_two_numbers)[-1]
+    if len(files) > 1:
+        log.info("%s holds %d checkpoints; using the last in name order: %s", rank_dir, len(files), files[-1])
+    return os.path.join(rank_dir, files[-1])
+
+
+def _last_two_numbers(path: str) -> list[int]:
+    """MindSpore's sort key: the last two runs of digits in the path (`net-3_200.safetensors` -> [3, 200])."""
+    return [int(n) for n in re.findall(r"\d+", path)][-2:]
+
+
+# MindSpore's `file_suffix` forms, each with the separator it puts in front when the user left it out.
+_SUFFIX_FORMS = ((re.compile(r"_?\d+-\d+_\d+"), "_"), (re.compile(r"-?\d+_\d+"), "-"), (re.compile(r"_?\d+"), "_"))
+
+
+def choose_by_suffix(paths: Sequence[str], file_suffix: str, ext: str) -> str:
+    """The file `file_suffix` names (`_{task}-{epoch}_{step}`, `-{epoch}_{step}` or `_{step}`, separator
+    optional), the shortest name on a tie; refused, as MindSpore refuses, when that is not one file."""
+    folder = os.path.dirname(paths[0]) if paths else "?"
+    candidates = [p for p in paths if p.endswith(file_suffix + ext)]
+    if len(candidates) == 1:
+        return candidates[0]
+    names = ", ".join(os.path.basename(p) for p in candidates or paths)
+    if not candidates:
+        raise MpitransError(f"{folder}: no file ends with {file_suffix + ext!r} (file_suffix; found {names})")
+    for form, sep in _SUFFIX_FORMS:
+        if not form.fullmatch(file_suffix):
+            continue
+        tail = file_suffix if file_suffix.startswith(sep) else sep + file_suffix
+        matched = [p for p in candidates if p.endswith(tail + ext)
+                   and not (form is _SUFFIX_FORMS[0][0] and p.endswith("rank" + tail + ext))]
+        least = min((len(os.path.basename(p)) for p in matched), default=0)
+        shortest = [p for p in matched if len(os.path.basename(p)) == least]
+        if len(shortest) == 1:
+            return shortest[0]
+        break
+    raise MpitransError(f"{folder}: file_suffix {file_suffix!r} matches several files ({names}) and MindSpore's "
+                        f"naming rules do not single one out; give the longest common suffix")
+
+
 def rank_dirs_without_checkpoint(path: str) -> list[str]:
-    """`rank_x` directories that exist here but hold no .ckpt: worth naming in an error."""
+    """`rank_x` directories that exist here but hold no checkpoint file: worth naming in an error."""
     if not os.path.isdir(path):
         return []
     out = []
     for entry in sorted(os.listdir(path)):
         rank_dir = os.path.join(path, entry)
         if _RANK_DIR.match(entry) and os.path.isdir(rank_dir):
-            if not any(f.endswith(".ckpt") for f in os.listdir(rank_dir)):
+            if not any(f.endswith(SOURCE_SUFFIXES) for f in os.listdir(rank_dir)):
                 out.append(rank_dir)
     return out
 
@@ -82,8 +152,8 @@ def rank_entry_problem(path: str, rank: int) -> str | None:
     if not os.path.isdir(entry):
         return "a file, not a directory"
     try:
-        if not any(f.endswith(".ckpt") and os.path.isfile(os.path.join(entry, f)) for f in os.listdir(entry)):
-            return "a directory without a .ckpt file"
+        if not any(f.endswith(SOURCE_SUFFIXES) and os.path.isfile(os.path.join(entry, f)) for f in os.listdir(entry)):
+            return "a directory without a .ckpt or .safetensors file"
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
     return None
