@@ -25,7 +25,7 @@ from typing import NamedTuple
 from mpitrans.errors import CheckpointFormatError, MpitransError, UnsupportedError
 from mpitrans.metadata import TensorMeta, itemsize
 from mpitrans.storage import checksum
-from mpitrans.storage.base import AtomicFile, Box, Published
+from mpitrans.storage.base import AtomicFile, Box, Published, TensorStream
 from mpitrans.storage.ckpt.boxread import read_box_into
 from mpitrans.storage.ckpt.index import Record, TensorEntry
 
@@ -190,33 +190,26 @@ class SafetensorsTarget:
     def __init__(self, path: str, tensors: Sequence[TensorMeta],
                  metadata: Mapping[str, str] | None = MINDSPORE_METADATA) -> None:
         self.path = path
-        self._tensors = list(tensors)
-        header, slots = encode_header(self._tensors, metadata)
+        header, slots = encode_header(tensors, metadata)
         self._base = len(header)
         self._place = {s.meta.name: s.start for s in slots}
         self.size = self._base + (slots[-1].stop if slots else 0)
         self._out = AtomicFile(path)
         self._crc: int | None = 0  # None once bytes arrived out of file order
         self._pos = 0  # where the file's sequential write position is
-        self._next = 0  # index of the tensor the next byte belongs to
-        self._left = 0  # bytes still due for that tensor
-        self._at = 0  # file position of its next byte
+        self._at = 0  # file position of the open tensor's next byte
+        self._stream = TensorStream(path, tensors, self._begin, self._piece)
         self._emit(0, header)
 
+    def _begin(self, t: TensorMeta) -> None:
+        self._at = self._base + self._place[t.name]
+
+    def _piece(self, data: memoryview) -> None:
+        self._emit(self._at, data)
+        self._at += len(data)
+
     def write(self, data: memoryview) -> None:
-        pos = 0
-        while pos < len(data):
-            while self._left == 0:
-                if self._next == len(self._tensors):
-                    raise ValueError(f"{self.path}: {len(data) - pos} bytes more than its tensors hold")
-                t = self._tensors[self._next]
-                self._next += 1
-                self._left, self._at = t.nbytes, self._base + self._place[t.name]
-            k = min(self._left, len(data) - pos)
-            self._emit(self._at, data[pos:pos + k])
-            self._at += k
-            self._left -= k
-            pos += k
+        self._stream.write(data)
 
     def _emit(self, at: int, data: bytes | memoryview) -> None:
         f = self._out.file
@@ -232,9 +225,8 @@ class SafetensorsTarget:
 
     def commit(self) -> Published:
         """Publish only when every tensor got all its bytes: a short target is an error, never a file."""
-        rest = [t for t in self._tensors[self._next:] if t.nbytes]
-        if self._left or rest:
-            missing = self._tensors[self._next - 1].name if self._left else rest[0].name
+        missing = self._stream.missing()
+        if missing is not None:
             self._out.abort()
             raise MpitransError(f"{self.path}: incomplete (parameter {missing!r} and later got no bytes); "
                                 f"not published")
