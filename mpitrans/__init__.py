@@ -11,9 +11,11 @@ __all__ = [
     "__version__",
     "convert_checkpoint_by_rank",
     "convert_checkpoints",
+    "ckpt_to_safetensors",
     "merge_pipeline_strategys",
     "rank_list_for_convert",
     "rank_list_for_transform",
+    "safetensors_to_ckpt",
     "transform",
     "transform_checkpoint_by_rank",
     "transform_checkpoints",
@@ -28,7 +30,7 @@ def __getattr__(name: str):
         return transform
     if name in ("transform_checkpoints", "transform_checkpoint_by_rank", "rank_list_for_transform",
                 "merge_pipeline_strategys", "convert_checkpoints", "convert_checkpoint_by_rank",
-                "rank_list_for_convert"):
+                "rank_list_for_convert", "ckpt_to_safetensors", "safetensors_to_ckpt"):
         from mpitrans import api
 
         return getattr(api, name)

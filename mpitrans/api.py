@@ -19,15 +19,17 @@ from mpitrans.job.run import transform
 from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import LocalTransport
 from mpitrans.plan.planner import Planner, rank_list_for_strategies
-from mpitrans.storage.formats import open_source
+from mpitrans.storage.formats import FORMATS, open_source
 from mpitrans.strategy.merge import merge_pipeline_strategys as merge_pipeline_strategys
 
 __all__ = [
     "convert_checkpoint_by_rank",
     "convert_checkpoints",
+    "ckpt_to_safetensors",
     "merge_pipeline_strategys",
     "rank_list_for_convert",
     "rank_list_for_transform",
+    "safetensors_to_ckpt",
     "transform_checkpoint_by_rank",
     "transform_checkpoints",
 ]
@@ -42,18 +44,19 @@ def transform_checkpoints(
     process_num: int = 1,
     output_format: str = "ckpt",
 ) -> Summary:
-    """Reshard every target rank into `dst_checkpoints_dir/rank_x/{ckpt_prefix}x.ckpt` in this process.
+    """Reshard every target rank into `dst_checkpoints_dir/rank_x/{ckpt_prefix}x.{output_format}` in this
+    process, from `.ckpt` or `.safetensors` sources (MindSpore refuses `.ckpt` -> safetensors; we do not).
 
     `process_num` is accepted for MindSpore compatibility and ignored: parallelism comes from mpirun."""
-    if output_format != "ckpt":
-        raise UnsupportedError(f"output_format {output_format!r}: mpitrans reads and writes .ckpt only")
+    if output_format not in FORMATS:
+        raise UnsupportedError(f"output_format {output_format!r}: mpitrans writes {' or '.join(FORMATS)}")
     if not os.path.isdir(src_checkpoints_dir):
         raise MpitransError(f"src_checkpoints_dir {src_checkpoints_dir} is not a directory")
     # Exactly MindSpore's outputs: no manifest beside them; existing files are replaced, as MindSpore's
     # save_checkpoint replaces them (mpitrans.transform itself refuses unless overwrite=True).
     return transform(src_checkpoints_dir, dst_checkpoints_dir, src_strategy_file, dst_strategy_file,
                      prefix=ckpt_prefix, comm=LocalTransport(), overwrite=True, write_manifest=False,
-                     strict=False)
+                     strict=False, output_format=output_format)
 
 
 def rank_list_for_transform(
@@ -106,3 +109,39 @@ def transform_checkpoint_by_rank(
 convert_checkpoints = transform_checkpoints
 convert_checkpoint_by_rank = transform_checkpoint_by_rank
 rank_list_for_convert = rank_list_for_transform
+
+
+def ckpt_to_safetensors(file_path: str, save_path: str | None = None, name_map: dict | None = None,
+                        file_name_regex: str | None = None, processes_num: int = 1, *, comm: object = None) -> None:
+    """MindSpore's `ckpt_to_safetensors`: every `.ckpt` of `file_path` (one file, or its `rank*` folders)
+    as a `.safetensors` byte-identical to MindSpore's, streamed. Collective over `comm` (default:
+    COMM_WORLD under mpirun, else this process): the files are spread over the processes, so
+    `processes_num` is accepted and ignored."""
+    _convert(file_path, save_path, name_map, file_name_regex, (".ckpt", ".safetensors"), comm)
+
+
+def safetensors_to_ckpt(file_path: str, save_path: str | None = None, name_map: dict | None = None,
+                        file_name_regex: str | None = None, processes_num: int = 1, *, comm: object = None) -> None:
+    """MindSpore's `safetensors_to_ckpt`, the other way round (see `ckpt_to_safetensors`)."""
+    _convert(file_path, save_path, name_map, file_name_regex, (".safetensors", ".ckpt"), comm)
+
+
+def _convert(file_path: str, save_path: str | None, name_map: dict | None, regex: str | None,
+             suffixes: tuple[str, str], comm: object) -> None:
+    """Rank 0's file list is everyone's; each process converts every size-th file; all raise the first
+    error any of them hit, so no process returns while another is failing."""
+    from mpitrans.job.agree import agree
+    from mpitrans.job.transport import make_transport
+    from mpitrans.storage.convert import conversion_tasks, run_tasks
+
+    if name_map is not None and not isinstance(name_map, dict):
+        raise MpitransError(f"name_map must be a dict of old name -> new name, got {type(name_map).__name__}")
+    t = make_transport(comm)
+    tasks = agree(t, lambda: conversion_tasks(file_path, save_path, *suffixes, regex))
+
+    def mine() -> None:
+        err = run_tasks(tasks, range(t.rank, len(tasks), t.size), name_map)
+        if err:
+            raise MpitransError(err)
+
+    agree(t, mine)

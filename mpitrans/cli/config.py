@@ -192,9 +192,9 @@ def _switch(o: Option, key: str, value: object, source: str) -> object:
 
 
 def _choice(o: Option, key: str, value: object, source: str) -> object:
-    if not isinstance(value, str) or value.upper() not in o.choices:
+    if not isinstance(value, str) or o.pick(value) not in o.choices:
         raise ConfigError(f"{source}: {key} must be one of {', '.join(o.choices)}, got {value!r}")
-    return value.upper()
+    return o.pick(value)
 
 
 # How a file's value is checked, by the kind of its option; each returns what is written after its flag.

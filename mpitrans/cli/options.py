@@ -116,6 +116,11 @@ class Option:
             return ()
         return tuple(dict.fromkeys([self.key, *(s.replace("-", "_") for s in self.spellings)]))
 
+    def pick(self, value: str) -> str:
+        """A choice as the table spells it, whatever the case it was typed in (`debug`, `SafeTensors`);
+        the value unchanged when it is none of them (the caller reports that)."""
+        return next((c for c in self.choices if c.upper() == value.upper()), value)
+
     def help_text(self) -> str:
         default = self.default
         text = size_text(default) if self.kind == "size" and isinstance(default, int) else str(default)
@@ -139,6 +144,9 @@ OPTIONS: tuple[Option, ...] = (
            f"destination {_STRATEGY}; omit for one full checkpoint", commands=_JOB | {RANK_LIST}, metavar="PATH"),
     Option("prefix", ("prefix",), "output file name prefix (default: {default}, giving {default}x.ckpt)",
            kind="text", commands=_JOB, metavar="TEXT"),
+    Option("output_format", ("output-format",), "format of the targets: ckpt or safetensors (default {default}); "
+           "DIR/rank_x/{prefix}x.ckpt or .safetensors", kind="choice", choices=("ckpt", "safetensors"),
+           metavar="FORMAT"),
     Option("max_buffer", ("max-buffer",), "bytes of chunk buffers each process may hold: {sizes} (default "
            "{default}, which already keeps the disks busy in our benchmark; more only raises memory)",
            kind="size", commands=_JOB, metavar="SIZE"),
@@ -275,7 +283,7 @@ def _add(parser: argparse.ArgumentParser, o: Option) -> None:
         parser.add_argument(*o.flags, *o.negatives, action=_Switch, negatives=o.negatives, **kw)
         return
     if o.choices:
-        kw.update(choices=o.choices, type=str.upper)
+        kw.update(choices=o.choices, type=o.pick)
     parser.add_argument(*o.flags, required=o.required, metavar=o.metavar, **kw)
 
 

@@ -62,7 +62,7 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     moves = Moves(job.plans, job.seers, job.visible, job.metas, job.file_ids, job.indexes)
     chunks = my_chunks(t, moves, chunk_bytes)
     asks = exchange_asks(t, chunks)
-    me, targets = _count(t.rank, job.plans, job.stems, chunks, asks)
+    me, targets = _count(t.rank, job.plans, job.stems, chunks, asks, opts.output_format)
     rounds = max((len(s) for s in round_sizes(t, chunks)), default=0)
     procs, all_targets = [], {}
     for blob in t.allgather_bytes(json.dumps([asdict(me), targets]).encode()):
@@ -73,14 +73,14 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     return PlanReport(opts.dst_checkpoint, dict(sorted(all_targets.items())), procs, rounds, messages, chunk_bytes)
 
 
-def _count(rank: int, plans: dict, stems: dict, chunks: list, asks: dict) -> tuple[ProcessPlan, dict]:
+def _count(rank: int, plans: dict, stems: dict, chunks: list, asks: dict, fmt: str) -> tuple[ProcessPlan, dict]:
     """This process's traffic, counted as the rounds would move it (a region wanted twice in one round is
     read once)."""
     me = ProcessPlan(rank)
     targets = {}
     for tr, plan in sorted(plans.items()):
         nbytes = sum(prod(x.shape) * itemsize(x.dtype) for x in plan.tensors)
-        targets[tr] = {"path": f"rank_{tr}/{target_filename(stems[tr])}", "tensors": len(plan.tensors),
+        targets[tr] = {"path": f"rank_{tr}/{target_filename(stems[tr], fmt)}", "tensors": len(plan.tensors),
                        "bytes": nbytes, "writer": rank}
         me.targets.append(tr)
         me.bytes_written += nbytes

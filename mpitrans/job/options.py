@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from mpitrans.errors import MpitransError
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter, split_patterns
+from mpitrans.storage.formats import target_format
 
 DEFAULT_MAX_BUFFER = 64 << 20
 DEFAULT_PREFIX = "checkpoint_"
@@ -47,8 +48,11 @@ class JobOptions:
     src_postfix: str | None = None  # which checkpoint of each rank_x/ (MindFormers' file_suffix)
     world_size: int | None = None  # MindFormers' target count: checked against the destination strategy
 
+    output_format: str = "ckpt"  # the targets' format: ckpt or safetensors (storage.formats)
+
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
+        target_format(self.output_format)  # an unknown name is refused before any rank starts work
         for name in ("include", "exclude", "exclude_prefix"):
             object.__setattr__(self, name, split_patterns(getattr(self, name)))
         if not isinstance(self.max_buffer, int) or self.max_buffer <= 0:

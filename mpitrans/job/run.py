@@ -157,7 +157,7 @@ class _Run:
         return os.path.join(self.opts.dst_checkpoint, self.relpath(plan.rank))
 
     def relpath(self, target: int) -> str:
-        return os.path.join(f"rank_{target}", target_filename(self.job.stems[target]))
+        return os.path.join(f"rank_{target}", target_filename(self.job.stems[target], self.opts.output_format))
 
     def _fingerprints(self, wanted: set[int]) -> dict[int, dict]:
         """Each used source file fingerprinted once, by the first process that sees it; known to all."""

@@ -22,7 +22,7 @@ from mpitrans.metadata import TensorMeta, itemsize
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.plan.schedule import Chunk
 from mpitrans.storage.base import TargetWriter
-from mpitrans.storage.formats import CKPT, Format
+from mpitrans.storage.formats import Format, format_of_path
 
 END = "end"
 ABORT = "abort"
@@ -100,11 +100,11 @@ class DiskWriter(ChunkSink):
     runs after each target is published (renamed and its directory fsynced)."""
 
     def __init__(self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], chunk_hint: int,
-                 rank: int, fmt: Format = CKPT) -> None:
+                 rank: int, fmt: Format | None = None) -> None:
         super().__init__("mpitrans-writer", chunk_hint)
         self.targets = targets
         self.path_of = path_of
-        self.fmt = fmt
+        self.fmt = fmt  # None: each target's format follows its file name's suffix
         self.rank = rank
         self.bytes_written = 0
         self.results: dict[int, tuple[str, int, int]] = {}  # target -> (path, size, crc32c)
@@ -148,7 +148,8 @@ class DiskWriter(ChunkSink):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self._index = index
         self._opened.add(index)
-        return self.fmt.open_target(path, [TensorMeta(x.name, x.dtype, x.shape) for x in target.tensors])
+        fmt = self.fmt or format_of_path(path)
+        return fmt.open_target(path, [TensorMeta(x.name, x.dtype, x.shape) for x in target.tensors])
 
     def _publish_current(self) -> None:
         writer = self._current

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import BinaryIO, NamedTuple, Protocol
 
 from mpitrans.metadata import TensorMeta
@@ -66,6 +66,40 @@ class TargetFormat(Protocol):
     def open_source(self, path: str) -> SourceReader: ...
 
     def open_target(self, path: str, tensors: Sequence[TensorMeta]) -> TargetWriter: ...
+
+
+class TensorStream:
+    """Cuts a target's byte stream at tensor boundaries, so a format's writer sees tensors, not bytes:
+    `begin(t)` as each tensor of the list starts (empty ones too), `piece(data)` for its bytes."""
+
+    def __init__(self, path: str, tensors: Sequence[TensorMeta], begin: Callable[[TensorMeta], None],
+                 piece: Callable[[memoryview], None]) -> None:
+        self.path = path
+        self.tensors = list(tensors)
+        self._begin, self._piece = begin, piece
+        self._next = 0  # index of the tensor the next byte belongs to
+        self._left = 0  # bytes still due for the open tensor
+
+    def write(self, data: memoryview) -> None:
+        pos = 0
+        while pos < len(data):
+            while self._left == 0:
+                if self._next == len(self.tensors):
+                    raise ValueError(f"{self.path}: {len(data) - pos} bytes more than its tensors hold")
+                t = self.tensors[self._next]
+                self._next += 1
+                self._begin(t)
+                self._left = t.nbytes
+            k = min(self._left, len(data) - pos)
+            self._piece(data[pos:pos + k])
+            self._left -= k
+            pos += k
+
+    def missing(self) -> str | None:
+        """The first tensor that did not get all its bytes (trailing empty tensors need none), or None."""
+        if self._left:
+            return self.tensors[self._next - 1].name
+        return next((t.name for t in self.tensors[self._next:] if t.nbytes), None)
 
 
 def temp_path(path: str) -> str:

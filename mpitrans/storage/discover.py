@@ -1,9 +1,10 @@
 """Finding source checkpoint files on the disk this process can see.
 
-Layout on disk follows MindSpore: `model_dir/rank_<id>/*.ckpt`, one file per rank; when a rank directory
-holds several checkpoints the lexicographically last one is used (MindSpore's rule for .ckpt; it is
-not always the latest step: epoch 9 sorts after epoch 10, which the warning then says), unless a
-`--src-postfix` selects one. A single `.ckpt` file stands for an unsplit model: source rank 0.
+Layout on disk follows MindSpore: `model_dir/rank_<id>/*.ckpt` or `*.safetensors`, one file per rank.
+When a rank directory holds several checkpoints MindSpore's rules pick one: the lexicographically last
+`.ckpt` (not always the latest step: epoch 9 sorts after epoch 10, which a warning then says); the
+`.safetensors` with the highest (epoch, step); or, with `--src-postfix` (MindSpore's `file_suffix`), the
+one it names. A single `.ckpt` or `.safetensors` file stands for an unsplit model: source rank 0.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from mpitrans.errors import MpitransError
+from mpitrans.storage.formats import SOURCE_SUFFIXES
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 
@@ -21,90 +23,116 @@ def discover_sources(path: str, postfix: str | None = None,
                      notes: dict[int, str] | None = None) -> dict[int, str]:
     """Map each source rank visible here to its checkpoint file; empty when nothing is visible.
 
-    `postfix` (MindFormers' `--src_postfix` / `file_suffix`) keeps only `*{postfix}.ckpt`; where a rank
-    directory still holds several, why the chosen one was taken goes into `notes[rank]`."""
+    `postfix` (MindFormers' `--src_postfix`, MindSpore's `file_suffix`) picks one file per rank; where
+    a rank directory holds several candidates, why the chosen one was taken goes into `notes[rank]`.
+    Refuses a source mixing `.ckpt` and `.safetensors` (MindSpore refuses it too): which one the user
+    meant is a guess, and resharding half a model from stale files would be silent corruption."""
     if os.path.isfile(path):
         return {0: os.path.abspath(path)}
     if not os.path.isdir(path):
         return {}
     found: dict[int, str] = {}
+    example: dict[str, str] = {}  # suffix -> one file of that format, for the mixing error
     for entry in sorted(os.listdir(path)):
         m = _RANK_DIR.match(entry)
         rank_dir = os.path.join(path, entry)
         if not m or not os.path.isdir(rank_dir):
             continue
-        files = sorted(f for f in os.listdir(rank_dir) if f.endswith(".ckpt")
-                       and os.path.isfile(os.path.join(rank_dir, f)))
-        chosen, note = choose_checkpoint(rank_dir, files, postfix)
-        if chosen is None:
-            continue
-        if note and notes is not None:
-            notes[int(m.group(1))] = note
-        found[int(m.group(1))] = os.path.abspath(os.path.join(rank_dir, chosen))
+        by_suffix = _checkpoints_in(rank_dir)
+        for suffix, files in by_suffix.items():
+            example.setdefault(suffix, os.path.join(rank_dir, files[0]))
+        if len(example) > 1:
+            a, b = (example[s] for s in sorted(example))
+            raise MpitransError(f"{path} mixes checkpoint formats: {a} and {b}; keep one format per source "
+                                f"directory")
+        for suffix, files in by_suffix.items():
+            chosen, note = _choose(rank_dir, files, suffix, postfix)
+            if note and notes is not None:
+                notes[int(m.group(1))] = note
+            found[int(m.group(1))] = os.path.abspath(chosen)
     return found
 
 
-def _numbers(name: str) -> list[int]:
-    return [int(n) for n in re.findall(r"\d+", name)]
+def _checkpoints_in(rank_dir: str) -> dict[str, list[str]]:
+    """The checkpoint files of one rank directory, by suffix, in name order."""
+    out: dict[str, list[str]] = {}
+    for f in sorted(os.listdir(rank_dir)):
+        suffix = next((s for s in SOURCE_SUFFIXES if f.endswith(s)), None)
+        if suffix and os.path.isfile(os.path.join(rank_dir, f)):
+            out.setdefault(suffix, []).append(f)
+    return out
 
 
-def choose_checkpoint(rank_dir: str, files: Sequence[str], postfix: str | None) -> tuple[str | None, str | None]:
-    """(the file of this rank, a note worth a warning or None) among the sorted `.ckpt` names `files`.
-
-    Without `postfix`: MindSpore's rule for .ckpt, the last in name order (`transform_checkpoints` sorts
-    and keeps the last). Name order puts epoch 9 after epoch 10, so the note says when MindSpore's
-    numeric rule (the one it applies to safetensors: the last two numbers of the name) would differ.
-    With `postfix`: MindSpore's `file_suffix` matching (`_find_most_matching_file`)."""
+def _choose(rank_dir: str, files: list[str], suffix: str, postfix: str | None) -> tuple[str, str | None]:
+    """(MindSpore's choice among a rank's files, a note worth a warning or None): for `.ckpt` the last in
+    name order; for `.safetensors` the one whose last two numbers (epoch, step) are highest; with a
+    postfix, the one it names."""
+    paths = [os.path.join(rank_dir, f) for f in files]
     if postfix:
-        files = [f for f in files if f.endswith(f"{postfix}.ckpt")]
-        if not files:
-            raise MpitransError(f"{rank_dir}: no checkpoint ends with {postfix!r}.ckpt (--src-postfix)")
-        if len(files) > 1:
-            picked = _match_postfix(rank_dir, files, postfix)
-            return picked, f"{rank_dir}: {len(files)} checkpoints end with {postfix!r}; using {picked}"
-        return files[0], None
-    if len(files) <= 1:
-        return (files[0] if files else None), None
-    picked = files[-1]
-    note = f"{rank_dir} holds {len(files)} checkpoints; using the last in name order (MindSpore's rule): {picked}"
-    newest = max(files, key=lambda f: _numbers(f)[-2:])
-    if newest != picked:
-        note += (f" - NOT {newest}, which has the higher epoch/step numbers; choose with --src-postfix "
-                 f"(e.g. --src-postfix {'_'.join(map(str, _numbers(newest)[-2:]))}) or move the others away")
-    return picked, note
+        chosen = choose_by_suffix(paths, postfix, suffix)
+        matching = [p for p in paths if p.endswith(postfix + suffix)]
+        note = (f"{rank_dir}: {len(matching)} checkpoints end with {postfix!r}; using {os.path.basename(chosen)}"
+                if len(matching) > 1 else None)
+        return chosen, note
+    if len(paths) == 1:
+        return paths[0], None
+    if suffix == ".safetensors":
+        chosen = max(paths, key=_last_two_numbers)
+        return chosen, (f"{rank_dir} holds {len(paths)} checkpoints; using the highest epoch/step: "
+                        f"{os.path.basename(chosen)}")
+    chosen = paths[-1]
+    note = (f"{rank_dir} holds {len(paths)} checkpoints; using the last in name order (MindSpore's rule): "
+            f"{files[-1]}")
+    newest = max(paths, key=_last_two_numbers)
+    if newest != chosen:
+        numbers = "_".join(map(str, _last_two_numbers(newest)))
+        note += (f" - NOT {os.path.basename(newest)}, which has the higher epoch/step numbers; choose with "
+                 f"--src-postfix (e.g. --src-postfix {numbers}) or move the others away")
+    return chosen, note
 
 
-_SUFFIX_FORMS = ((re.compile(r"^_?\d+-\d+_\d+$"), "_"), (re.compile(r"^-?\d+_\d+$"), "-"),
-                 (re.compile(r"^_?\d+$"), "_"))
+def _last_two_numbers(path: str) -> list[int]:
+    """MindSpore's sort key: the last two runs of digits in the name (`net-3_200.safetensors` -> [3, 200])."""
+    return [int(n) for n in re.findall(r"\d+", os.path.basename(path))][-2:]
 
 
-def _match_postfix(rank_dir: str, files: Sequence[str], postfix: str) -> str:
-    """MindSpore's disambiguation of several `*{postfix}` files: a `task-epoch_step`, `epoch_step` or
-    `step` postfix must follow its separator (`_1-10_100`, `-10_100`, `_100`); the shortest such name wins."""
+# MindSpore's `file_suffix` forms, each with the separator it puts in front when the user left it out.
+_SUFFIX_FORMS = ((re.compile(r"_?\d+-\d+_\d+"), "_"), (re.compile(r"-?\d+_\d+"), "-"), (re.compile(r"_?\d+"), "_"))
+def choose_by_suffix(paths: Sequence[str], file_suffix: str, ext: str) -> str:
+    """The file `file_suffix` names (`_{task}-{epoch}_{step}`, `-{epoch}_{step}` or `_{step}`, separator
+    optional), the shortest name on a tie; refused, as MindSpore refuses, when that is not one file."""
+    folder = os.path.dirname(paths[0]) if paths else "?"
+    candidates = [p for p in paths if p.endswith(file_suffix + ext)]
+    if len(candidates) == 1:
+        return candidates[0]
+    names = ", ".join(os.path.basename(p) for p in candidates or paths)
+    if not candidates:
+        raise MpitransError(f"{folder}: no checkpoint ends with {file_suffix!r} (no file ends with "
+                            f"{file_suffix + ext!r}; --src-postfix / file_suffix; found {names})")
     for form, sep in _SUFFIX_FORMS:
-        if not form.match(postfix):
+        if not form.fullmatch(file_suffix):
             continue
-        full = postfix if postfix.startswith(sep) else sep + postfix
-        matched = [f for f in files if f.endswith(f"{full}.ckpt") and not f.endswith(f"rank{full}.ckpt")]
-        if matched:
-            shortest = min(len(f) for f in matched)
-            best = [f for f in matched if len(f) == shortest]
-            if len(best) == 1:
-                return best[0]
+        tail = file_suffix if file_suffix.startswith(sep) else sep + file_suffix
+        matched = [p for p in candidates if p.endswith(tail + ext)
+                   and not (form is _SUFFIX_FORMS[0][0] and p.endswith("rank" + tail + ext))]
+        least = min((len(os.path.basename(p)) for p in matched), default=0)
+        shortest = [p for p in matched if len(os.path.basename(p)) == least]
+        if len(shortest) == 1:
+            return shortest[0]
         break
-    raise MpitransError(f"{rank_dir}: several checkpoints end with {postfix!r} ({', '.join(files)}); "
-                        f"give a longer --src-postfix that names one")
+    raise MpitransError(f"{folder}: file_suffix {file_suffix!r} matches several files ({names}) and MindSpore's "
+                        f"naming rules do not single one out; give the longest common suffix")
 
 
 def rank_dirs_without_checkpoint(path: str) -> list[str]:
-    """`rank_x` directories that exist here but hold no .ckpt: worth naming in an error."""
+    """`rank_x` directories that exist here but hold no checkpoint file: worth naming in an error."""
     if not os.path.isdir(path):
         return []
     out = []
     for entry in sorted(os.listdir(path)):
         rank_dir = os.path.join(path, entry)
         if _RANK_DIR.match(entry) and os.path.isdir(rank_dir):
-            if not any(f.endswith(".ckpt") for f in os.listdir(rank_dir)):
+            if not any(f.endswith(SOURCE_SUFFIXES) for f in os.listdir(rank_dir)):
                 out.append(rank_dir)
     return out
 
@@ -139,8 +167,8 @@ def rank_entry_problem(path: str, rank: int) -> str | None:
     if not os.path.isdir(entry):
         return "a file, not a directory"
     try:
-        if not any(f.endswith(".ckpt") and os.path.isfile(os.path.join(entry, f)) for f in os.listdir(entry)):
-            return "a directory without a .ckpt file"
+        if not any(f.endswith(SOURCE_SUFFIXES) and os.path.isfile(os.path.join(entry, f)) for f in os.listdir(entry)):
+            return "a directory without a .ckpt or .safetensors file"
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
     return None

@@ -26,6 +26,10 @@ class Format:
             from mpitrans.storage.ckpt.source import CkptSource
 
             return CkptSource(path, index)
+        if self.name == "safetensors":
+            from mpitrans.storage.safetensors import SafetensorsSource
+
+            return SafetensorsSource(path, index)
         raise MpitransError(f"{path}: reading {self.name} files is not supported")
 
     def open_target(self, path: str, tensors: Sequence[TensorMeta]) -> TargetWriter:
@@ -33,11 +37,16 @@ class Format:
             from mpitrans.storage.ckpt.writer import CkptTarget
 
             return CkptTarget(path, tensors)
+        if self.name == "safetensors":
+            from mpitrans.storage.safetensors import SafetensorsTarget
+
+            return SafetensorsTarget(path, tensors)
         raise MpitransError(f"writing {self.name} files is not supported")
 
 
 CKPT = Format("ckpt", ".ckpt")
-FORMATS: dict[str, Format] = {CKPT.name: CKPT}
+SAFETENSORS = Format("safetensors", ".safetensors")
+FORMATS: dict[str, Format] = {CKPT.name: CKPT, SAFETENSORS.name: SAFETENSORS}
 SOURCE_SUFFIXES: tuple[str, ...] = tuple(f.suffix for f in FORMATS.values())
 
 

@@ -6,7 +6,14 @@ import shutil
 
 import pytest
 
-from mpitrans.storage.discover import describe_missing, rank_entry_problem, rank_span
+from mpitrans.errors import MpitransError
+from mpitrans.storage.discover import (
+    choose_by_suffix,
+    describe_missing,
+    discover_sources,
+    rank_entry_problem,
+    rank_span,
+)
 from tests.support.mpirun import mpirun, single
 
 
@@ -25,7 +32,7 @@ def test_rank_entry_problem(tmp_path):
     (tmp_path / "rank_2" / "notes.txt").write_text("no checkpoint here")
     assert rank_entry_problem(str(tmp_path), 0) is None
     assert rank_entry_problem(str(tmp_path), 1) == "a file, not a directory"
-    assert rank_entry_problem(str(tmp_path), 2) == "a directory without a .ckpt file"
+    assert rank_entry_problem(str(tmp_path), 2) == "a directory without a .ckpt or .safetensors file"
     assert rank_entry_problem(str(tmp_path), 3) is None
 
 
@@ -35,7 +42,8 @@ def test_missing_ranks_are_described_compactly(tmp_path):
     msg = describe_missing(str(tmp_path), {1: {0}, 2: {0}, 3: {0}, 5: {1, 2}, 9: ()})
     assert msg.startswith("rank_1..rank_3 (needed by target rank(s) 0); rank_5 (needed by target rank(s) 1, 2); "
                           "rank_9"), msg
-    assert "rank_2 is a file, not a directory" in msg and "rank_5 is a directory without a .ckpt file" in msg
+    assert "rank_2 is a file, not a directory" in msg
+    assert "rank_5 is a directory without a .ckpt or .safetensors file" in msg
     assert len(describe_missing(str(tmp_path), {g: {0} for g in range(1, 1 << 20)})) < 200
     (tmp_path / "one.ckpt").write_bytes(b"x")
     assert "one.ckpt is one file, read as the full checkpoint of rank_0" in describe_missing(
@@ -68,3 +76,44 @@ def test_missing_rank_dirs_are_named(example, tmp_path, launcher, problem):
     assert "Traceback" not in proc.stderr and "none of the parameters" not in proc.stderr, proc.stderr
     assert proc.stderr.count("mpitrans: error") == 1, proc.stderr
     assert not dst.exists()
+
+
+def _touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (folder / n).write_bytes(b"x")
+
+
+def test_safetensors_choice_follows_epoch_and_step(tmp_path):
+    """MindSpore's rule: the highest (epoch, step), numerically - `net-10_5` beats `net-9_100`."""
+    _touch(tmp_path / "rank_0", "net-9_100.safetensors", "net-10_5.safetensors", "net-2_900.safetensors")
+    _touch(tmp_path / "rank_1", "only.safetensors")
+    found = discover_sources(str(tmp_path))
+    assert found == {0: str(tmp_path / "rank_0" / "net-10_5.safetensors"),
+                     1: str(tmp_path / "rank_1" / "only.safetensors")}
+    single = tmp_path / "rank_0" / "net-9_100.safetensors"
+    assert discover_sources(str(single)) == {0: str(single)}
+
+
+def test_file_suffix_names_one_file(tmp_path):
+    d = tmp_path / "rank_0"
+    _touch(d, "llama_rank_0-1_100.safetensors", "llama_rank_0-1_200.safetensors", "llama_rank_0-2_100.safetensors")
+    paths = sorted(str(p) for p in d.iterdir())
+    assert choose_by_suffix(paths, "1_200", ".safetensors").endswith("-1_200.safetensors")
+    assert choose_by_suffix(paths, "-2_100", ".safetensors").endswith("-2_100.safetensors")
+    assert discover_sources(str(tmp_path), postfix="1_100")[0].endswith("0-1_100.safetensors")
+    with pytest.raises(MpitransError, match="no file ends with '9_9.safetensors'"):
+        choose_by_suffix(paths, "9_9", ".safetensors")
+    with pytest.raises(MpitransError, match="matches several files"):
+        choose_by_suffix(paths, "00", ".safetensors")
+
+
+def test_mixed_formats_are_refused_naming_both(tmp_path):
+    _touch(tmp_path / "rank_0", "a.ckpt")
+    _touch(tmp_path / "rank_1", "b.safetensors")
+    with pytest.raises(MpitransError, match=r"mixes checkpoint formats: .*rank_0/a.ckpt and .*rank_1/b.safetensors"):
+        discover_sources(str(tmp_path))
+    (tmp_path / "rank_0" / "a.ckpt").unlink()
+    _touch(tmp_path / "rank_1", "c.ckpt")
+    with pytest.raises(MpitransError, match=r"rank_1/c.ckpt and .*rank_1/b.safetensors"):
+        discover_sources(str(tmp_path))

@@ -13,7 +13,7 @@ import numpy as np
 from mpitrans.errors import MpitransError
 from mpitrans.metadata import TensorMeta
 from mpitrans.storage import checksum
-from mpitrans.storage.base import AtomicFile, Published, PublishOnExit
+from mpitrans.storage.base import AtomicFile, Published, PublishOnExit, TensorStream
 from mpitrans.storage.ckpt import format as fmt
 from mpitrans.storage.ckpt.format import CRC_MAGIC, WRITE_BUFFER, encode_record_header, itemsize_of
 
@@ -137,32 +137,19 @@ class CkptTarget:
 
     def __init__(self, path: str, tensors: Sequence[TensorMeta]) -> None:
         self.path = path
-        self._tensors = [t for t in tensors]
-        self._next = 0  # index of the tensor the next byte belongs to
-        self._left = 0  # bytes still due for the open tensor
         self._writer = CheckpointWriter(path, checksum=True)
+        self._stream = TensorStream(path, tensors, self._begin, self._writer.write)
+
+    def _begin(self, t: TensorMeta) -> None:
+        self._writer.begin_tensor(t.name, fmt.FROM_NEUTRAL[t.dtype], t.shape)
 
     def write(self, data: memoryview) -> None:
-        pos = 0
-        while pos < len(data):
-            while self._left == 0:
-                if self._next == len(self._tensors):
-                    raise ValueError(f"{self.path}: {len(data) - pos} bytes more than its tensors hold")
-                t = self._tensors[self._next]
-                self._next += 1
-                self._writer.begin_tensor(t.name, fmt.FROM_NEUTRAL[t.dtype], t.shape)
-                self._left = t.nbytes
-            k = min(self._left, len(data) - pos)
-            self._writer.write(data[pos:pos + k])
-            self._left -= k
-            pos += k
+        self._stream.write(data)
 
     def commit(self) -> Published:
         """Publish only when every tensor got all its bytes: a short target is an error, never a file."""
-        while self._left == 0 and self._next < len(self._tensors) and self._tensors[self._next].nbytes == 0:
-            self._next += 1  # trailing empty tensors: MindSpore writes nothing for them
-        if self._left or self._next != len(self._tensors):
-            missing = self._tensors[self._next - 1 if self._left else self._next].name
+        missing = self._stream.missing()  # trailing empty tensors: MindSpore writes nothing for them
+        if missing is not None:
             self._writer.abort()
             raise MpitransError(f"{self.path}: incomplete (parameter {missing!r} and later got no bytes); "
                                 f"not published")
