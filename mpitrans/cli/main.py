@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -432,13 +433,36 @@ SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-
                "verify": _run_verify}
 
 
+def _abort_process(code: int) -> None:
+    """End this process, and under MPI the whole job (a peer may wait in a collective for this one)."""
+    sys.stderr.flush()
+    sys.stdout.flush()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.COMM_WORLD.Abort(code)
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m mpitrans [subcommand] ...`; returns the exit status (2: bad command line or config)."""
+    """`python -m mpitrans [subcommand] ...`; returns the exit status (2: bad command line or config).
+
+    A signal at any moment, even while MPI starts or ranks agree on the command line, ends the whole job
+    with one line: the same guard the job itself runs under covers the command line around it."""
+    from mpitrans.job.guard import Interrupted, JobGuard, report_once
+    from mpitrans.job.transport import launched_by_mpi
+
     debug, args = take_flag(list(sys.argv[1:] if argv is None else argv), DEBUG_FLAG)
-    if args and args[0] in SUBCOMMANDS:
-        code = SUBCOMMANDS[args[0]](args[1:], debug)
-    else:
-        code = _run_transform(args[1:] if args[:1] == ["transform"] else args, debug)
+    try:
+        with JobGuard(_abort_process, _world_rank(), watch_parent=launched_by_mpi(), grace=0.5):
+            if args and args[0] in SUBCOMMANDS:
+                code = SUBCOMMANDS[args[0]](args[1:], debug)
+            else:
+                code = _run_transform(args[1:] if args[:1] == ["transform"] else args, debug)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        name = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"
+        report_once(f"mpitrans: rank {_world_rank()}: interrupted by {name}; nothing incomplete was published")
+        _abort_process(130)
+        return 130
     sys.stdout.flush()
     return code
 

@@ -12,7 +12,6 @@ message and nothing is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from mpitrans import strategy
 from mpitrans.job.agree import JobError, agree
 from mpitrans.job.inventory import Inventory, gather_inventory
+from mpitrans.job.metadata import SourceMetadata, index_sources
 from mpitrans.job.options import ALL_OF_EACH_FILE, Selection
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
@@ -27,7 +27,6 @@ from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
 from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_index, plan_targets
 from mpitrans.plan.planner import Planner, TargetPlan
 from mpitrans.storage.discover import rank_dirs_without_checkpoint
-from mpitrans.storage.formats import open_source
 from mpitrans.strategy.model import StrategyFile
 
 _ABSENT = (1 << 64) - 1  # length marker of a strategy that was not given
@@ -48,7 +47,7 @@ class Job:
     metas: dict[int, list[TensorMeta]]
     plans: dict[int, TargetPlan]  # only the targets this process writes
     placement: dict[int, int]  # every target -> the process that writes it
-    indexes: dict[int, bytes] = field(default_factory=dict)  # source rank -> exported index
+    sources: SourceMetadata | None = None  # exported indexes: held, and fetched on demand
     stems: dict[int, str] = field(default_factory=dict)  # every target -> its file name without suffix
 
     @property
@@ -92,45 +91,6 @@ def broadcast_strategies(t: Transport, src_strategy: str | None,
     payload = agree(t, load)
     src_bytes, dst_bytes = _unframe(t.bcast_bytes(payload if t.rank == 0 else None), 2)
     return src_bytes, dst_bytes
-
-
-def gather_metadata(t: Transport, inv: Inventory,
-                    to_index: list[int]) -> tuple[dict[int, list[TensorMeta]], dict[int, bytes]]:
-    """Each file indexed once, by one of the processes that see it (spread round-robin), and its exported
-    index shared. Files of one layout class (data-parallel replicas) export identical indexes: each
-    distinct index travels once and is parsed once, and their metadata lists are shared objects."""
-    def index_mine() -> bytes:
-        blobs: dict[str, str] = {}
-        files: dict[str, str] = {}
-        for i, g in enumerate(to_index):
-            owners = inv.seers[g]
-            if owners[i % len(owners)] != t.rank:
-                continue
-            reader = open_source(inv.paths[t.rank][g])
-            try:
-                blob = reader.export_index().decode()
-            finally:
-                reader.close()
-            key = hashlib.sha1(blob.encode()).hexdigest()
-            blobs[key] = blob
-            files[str(g)] = key
-        return json.dumps({"blobs": blobs, "files": files}).encode()
-
-    mine = agree(t, index_mine)
-    blobs: dict[str, bytes] = {}
-    owner: dict[int, str] = {}
-    for data in t.allgather_bytes(mine):
-        part = json.loads(data)
-        blobs.update({k: v.encode() for k, v in part["blobs"].items()})
-        owner.update({int(g): k for g, k in part["files"].items()})
-    parsed: dict[str, list[TensorMeta]] = {}
-    metas, indexes = {}, {}
-    for g, key in sorted(owner.items()):
-        if key not in parsed:
-            parsed[key] = open_source(inv.path_of(g), blobs[key]).tensors()
-        metas[g] = parsed[key]
-        indexes[g] = blobs[key]
-    return metas, indexes
 
 
 def _needed_by(planner: Planner, targets: list[int], src: StrategyFile | None) -> set[int]:
@@ -192,13 +152,18 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     mine = [tr for tr in setup.targets if where[tr] == t.rank]
     needed_here = agree(t, lambda: _needed_by(setup.shape_only, mine, src))
     needed = {g for blob in t.allgather_bytes(json.dumps(sorted(needed_here)).encode()) for g in json.loads(blob)}
-    to_index = files_to_index(needed, inv.seers)
-    to_index = sorted(set(to_index) | probe_ranks(source_scope(src, dst, prefix), inv.seers))
-    metas, indexes = gather_metadata(t, inv, to_index)
+    probes = probe_ranks(source_scope(src, dst, prefix), inv.seers)
+    to_index = sorted(set(files_to_index(needed, inv.seers)) | probes)
+    sources = index_sources(t, inv, to_index)
+    # Rank 0 checks the whole source (each distinct structure once); every process checks what it plans
+    # with: its targets' files and their structural twins (replicas, more files to read from).
+    known = set(sources.hashes) if t.rank == 0 else sources.twins(needed_here)
+    sources.fetch(known)
+    metas = sources.metas(known)
     paths = {g: inv.path_of(g) for g in inv.seers}
     metas = agree(t, lambda: check_sources(src, dst, metas, paths, inv.seers, setup.src_checkpoint, prefix))
     if strict:
-        agree(t, lambda: check_models_match(src, dst, metas))
+        agree(t, lambda: check_models_match(src, dst, metas) if t.rank == 0 else None)
 
     def make_plans() -> dict[int, TargetPlan]:
         planner = Planner(src, dst, metas, prefix, setup.select.param_filter)
@@ -208,4 +173,4 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
 
     plans = agree(t, make_plans)
     stems = {tr: setup.stem(tr) for tr in setup.targets}
-    return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, needed, metas, plans, where, indexes, stems)
+    return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, needed, metas, plans, where, sources, stems)

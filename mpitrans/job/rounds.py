@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mpitrans.job.assemble import scatter, target_view
 from mpitrans.job.exchange import Ask, decide_readers, exchange_asks, round_sizes
 from mpitrans.job.faults import fault_point, round_delay
+from mpitrans.job.metadata import SourceMetadata
 from mpitrans.job.progress import Progress
 from mpitrans.job.sinks import ABORT, END, ChunkSink, DiskWriter
 from mpitrans.job.sources import SourceFiles
@@ -37,7 +38,7 @@ class Moves:
     visible: dict[int, str]  # source rank -> path on this process
     metas: dict[int, list[TensorMeta]]
     file_ids: Mapping[int, Mapping[int, tuple]]
-    indexes: dict[int, bytes] = field(default_factory=dict)  # source rank -> exported index
+    sources: SourceMetadata | None = None  # exported indexes (None: each reader indexes its files)
 
 
 def chunk_size(max_buffer: int, nprocs: int) -> int:
@@ -65,6 +66,9 @@ class Rounds:
 
     def run(self) -> None:
         asks = exchange_asks(self.t, self.chunks)
+        reading = {p.src_rank for c in self.chunks for p in c.pieces if p.reader == self.t.rank}
+        reading |= {a.src_rank for by_writer in asks.values() for pieces in by_writer.values() for a in pieces}
+        self.files.prefetch(reading)
         sizes = round_sizes(self.t, self.chunks)
         rounds = max((len(s) for s in sizes), default=0)
         if self.progress is not None:
@@ -185,7 +189,7 @@ def execute(t: Transport, moves: Moves, path_of: Callable[[TargetPlan], str], ma
     writer = DiskWriter(mine, path_of, chunk_bytes, t.rank) if mine else None
     if writer is not None:
         writer.on_done = on_done
-    files = SourceFiles(moves.visible, moves.metas, moves.indexes)
+    files = SourceFiles(moves.visible, moves.metas, moves.sources)
     progress = Progress(1) if show_progress and t.rank == 0 else None  # its total comes with the chunk sizes
     run_with_sink(Rounds(t, chunks, files, writer, stats, progress), writer, files)
     stats.bytes_read = files.bytes_read

@@ -180,7 +180,7 @@ class _Run:
         fault_point("after-plan", t.rank)
         self.stats.targets = self._mine()
         todo = {tr: p for tr, p in self.job.plans.items() if tr not in kept}
-        moves = Moves(todo, self.job.seers, self.job.visible, self.job.metas, self.job.file_ids, self.job.indexes)
+        moves = Moves(todo, self.job.seers, self.job.visible, self.job.metas, self.job.file_ids, self.job.sources)
         written = execute(t, moves, self.path_of, self.opts.max_buffer, self.stats, self._record_progress,
                           self.opts.show_progress)
         self.stats.seconds = time.perf_counter() - self.start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mpitrans.errors import MpitransError
 from mpitrans.job.exchange import Ask
+from mpitrans.job.metadata import SourceMetadata
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.schedule import Piece
 from mpitrans.storage.base import SourceReader
@@ -15,9 +16,10 @@ class SourceFiles:
     planned with, so a file changed or different on this host fails loudly instead of giving wrong bytes."""
 
     def __init__(self, paths: dict[int, str], metas: dict[int, list[TensorMeta]],
-                 indexes: dict[int, bytes] | None = None) -> None:
+                 sources: SourceMetadata | None = None) -> None:
         self.paths = paths
-        self.indexes = indexes or {}  # exported by the process that indexed the file: not indexed again
+        self.sources = sources  # exported indexes: a file is not indexed again to be read
+        self.indexes: dict[int, bytes] = {}
         self.metas = {r: {m.name: m for m in ms} for r, ms in metas.items()}
         self._readers: dict[int, SourceReader] = {}
         self._listed: dict[int, dict[str, TensorMeta]] = {}
@@ -39,6 +41,12 @@ class SourceFiles:
                 )
             self._checked.add((src_rank, name))
         return reader
+
+    def prefetch(self, files: set[int]) -> None:
+        """Collective: fetch the exported indexes of the files this process will read."""
+        if self.sources is not None:
+            self.sources.fetch(files)
+            self.indexes.update(self.sources.indexes(files))
 
     def read(self, piece: Piece | Ask, out: memoryview) -> None:
         self.reader(piece.src_rank, piece.tensor).read_box(piece.tensor, piece.src_box, out)

@@ -148,8 +148,8 @@ def verify(src_checkpoint: str, dst_checkpoint: str, src_strategy: str | None = 
     job = plan_job(setup, where)
     mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
     comparer = _Comparer(mine, path_of, chunk_size(max_buffer, t.size))
-    files = SourceFiles(job.visible, job.metas, job.indexes)
-    moves = Moves({p.rank: p for p in mine}, job.seers, job.visible, job.metas, job.file_ids, job.indexes)
+    files = SourceFiles(job.visible, job.metas, job.sources)
+    moves = Moves({p.rank: p for p in mine}, job.seers, job.visible, job.metas, job.file_ids, job.sources)
     chunks = my_chunks(t, moves, comparer.chunk_hint)
     sink = comparer if mine else None
     run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)
