@@ -1,11 +1,12 @@
 """A small, self-contained example job: `python -m mpitrans.example build|check DIR`.
 
-`build` writes a tiny LLaMA-shaped model (`mpitrans.fixtures.models`: bfloat16 weights, float32 norms and
-Adam states, a step counter) as one full checkpoint, plus two strategy files: the training layout (8 ranks:
-data parallel 2 x model parallel 4) and a new layout (4 ranks: data parallel 2 x model parallel 2). The
-quickstart then shards the full model into the 8 training ranks and reshards those to 4 ranks, both with
-mpitrans under mpirun. `check` compares the result with `mindspore.transform_checkpoints` on the same input,
-byte for byte; it fails (exit status 2) when MindSpore is not installed, since then nothing was checked.
+`build` writes a tiny LLaMA-shaped model (`mpitrans.fixtures.models`, without feed-forward norms and head:
+bfloat16 weights, float32 norms and Adam states, a step counter) as one full checkpoint, plus two strategy
+files: the training layout (8 ranks: data parallel 2 x model parallel 4) and a new layout (4 ranks: data
+parallel 2 x model parallel 2). The quickstart then shards the full model into the 8 training ranks and
+reshards those to 4 ranks, both with mpitrans under mpirun. `check` compares the result with
+`mindspore.transform_checkpoints` on the same input, byte for byte; it fails (exit status 2) when MindSpore is
+not installed, since then nothing was checked.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mpitrans.strategy.codec import write_strategy
 from mpitrans.strategy.model import RawLayout, StrategyFile
 
 HIDDEN, FFN, VOCAB, LAYERS = 128, 256, 512, 2
-PARAMS = llama_params(LAYERS, HIDDEN, FFN, VOCAB, adam=True)
+PARAMS = llama_params(LAYERS, HIDDEN, FFN, VOCAB, adam=True, ffn_norm=False, head=False)
 
 
 def _strategy(dp: int, mp: int) -> StrategyFile:
