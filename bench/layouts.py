@@ -5,22 +5,22 @@ w1/w3/w2, two RMS norms), a final norm and an output head. Matrices are bfloat16
 float32 learning rate and an int32 step counter, as a training checkpoint holds them.
 
 Model parallelism follows Megatron/MindFormers: wq, wk, wv, w1, w3, the embedding and the head are split
-by rows (`tensor_map (0, -1)`), wo and w2 by columns (`(-1, 0)`); norms are replicated. Strategy files are
-serialized with MindSpore's own `node_strategy_pb2`, filled the way its C++ writer fills them.
+by rows (`tensor_map (0, -1)`), wo and w2 by columns (`(-1, 0)`); norms are replicated. The model and the
+strategy writer (MindSpore's own `node_strategy_pb2`, filled the way its C++ writer fills it) are the shared
+fixtures of `mpitrans.fixtures`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from math import prod, sqrt
+from math import sqrt
 
-# (suffix, kind): kind says how model parallelism splits the matrix
-_BLOCK = [
-    ("attention.wq.weight", "row"), ("attention.wk.weight", "row"), ("attention.wv.weight", "row"),
-    ("attention.wo.weight", "col"), ("feed_forward.w1.weight", "row"), ("feed_forward.w3.weight", "row"),
-    ("feed_forward.w2.weight", "col"),
-]
+from mpitrans.fixtures.layouts import opt_shard_fields
+from mpitrans.fixtures.models import ModelParam, llama_params, megatron_tensor_map, total_bytes
+from mpitrans.fixtures.strategies import write_strategy_file
+
+NODE = "Default/network-LlamaForCausalLM/model-LlamaModel/MatMul-op0"
 
 
 @dataclass(frozen=True)
@@ -30,24 +30,12 @@ class ModelDims:
     vocab: int
     layers: int
 
-    def params(self) -> list[tuple[str, tuple[int, ...], str, str, int]]:
-        """(name, shape, dtype, kind, layer) in checkpoint order; layer -1 = before the blocks, L = after."""
-        h, f = self.hidden, self.ffn
-        shapes = {"attention.wq.weight": (h, h), "attention.wk.weight": (h, h), "attention.wv.weight": (h, h),
-                  "attention.wo.weight": (h, h), "feed_forward.w1.weight": (f, h),
-                  "feed_forward.w3.weight": (f, h), "feed_forward.w2.weight": (h, f)}
-        out = [("model.tok_embeddings.embedding_weight", (self.vocab, h), "BFloat16", "row", -1)]
-        for i in range(self.layers):
-            p = f"model.layers.{i}."
-            out.append((p + "attention_norm.weight", (h,), "Float32", "none", i))
-            out += [(p + s, shapes[s], "BFloat16", k, i) for s, k in _BLOCK]
-            out.append((p + "ffn_norm.weight", (h,), "Float32", "none", i))
-        out.append(("model.norm_out.weight", (h,), "Float32", "none", self.layers))
-        out.append(("lm_head.weight", (self.vocab, h), "BFloat16", "row", self.layers))
-        return out
+    def params(self) -> list[ModelParam]:
+        """(name, shape, dtype, split, layer) in checkpoint order; layer -1 = before the blocks, L = after."""
+        return llama_params(self.layers, self.hidden, self.ffn, self.vocab)
 
     def nbytes(self) -> int:
-        return sum(prod(s) * (2 if d == "BFloat16" else 4) for _, s, d, _, _ in self.params())
+        return total_bytes(self.params())
 
     def to_json(self) -> dict:
         return asdict(self) | {"model_bytes": self.nbytes(), "tensors": len(self.params()) + 2}
@@ -105,17 +93,12 @@ class Side:
             return self.pp - 1
         return layer * self.pp // layers
 
-    def layout(self, shape: tuple[int, ...], kind: str) -> dict:
+    def layout(self, shape: tuple[int, ...], split: str) -> dict:
         """Strategy entry (dev_matrix, tensor_map, opt shard fields) of one parameter on this side."""
-        if kind == "row":
-            tmap = [0] + [-1] * (len(shape) - 1)
-        elif kind == "col":
-            tmap = [-1] * (len(shape) - 1) + [0]
-        else:
-            tmap = [-1] * len(shape)
+        tmap = list(megatron_tensor_map(shape, split))
         step = size = 0
         if self.opt and self.dp > 1:
-            step, size = _opt_shard_fields([self.dp, self.mp], tmap, shape)
+            step, size = opt_shard_fields([self.dp, self.mp], tmap, shape)
         return {"dev_matrix": [self.dp, self.mp], "tensor_map": tmap, "opt_shard_step": step,
                 "opt_shard_size": size}
 
@@ -126,23 +109,6 @@ class Side:
         if self.opt:  # weights are spread over the replicas: every file holds distinct bytes
             return list(range(self.ranks))
         return [s * self.stage_devices + m for s in range(self.pp) for m in range(self.mp)]
-
-
-def _opt_shard_fields(dev_matrix: list[int], tensor_map: list[int], shape: tuple[int, ...]) -> tuple[int, int]:
-    """(opt_weight_shard_step, opt_weight_shard_size) as MindSpore training writes them with the default
-    `optimizer_weight_shard_size=-1`: the weight's first dimension is split over its replica group (ranks
-    differing only on device axes the tensor map leaves unused); the step is the group's rank stride."""
-    used = {len(dev_matrix) - 1 - a for a in tensor_map if a != -1}
-    free = [i for i, v in enumerate(dev_matrix) if i not in used and v > 1]
-    group = prod(dev_matrix[i] for i in free)
-    split0 = dev_matrix[len(dev_matrix) - 1 - tensor_map[0]] if shape and tensor_map[0] != -1 else 1
-    if group < 2 or not shape or (shape[0] // split0) % group:
-        return 0, 0
-    members = [0]
-    for i in free:
-        stride = prod(dev_matrix[i + 1:])
-        members = [m + c * stride for m in members for c in range(dev_matrix[i])]
-    return (max(members) - min(members)) // (len(members) - 1), -1
 
 
 SIDES = {
@@ -179,51 +145,11 @@ def replication(side: Side) -> float:
     return 1.0 if side.full or side.opt else float(side.dp)
 
 
-def _strategy_pb2():
-    """MindSpore's `node_strategy_pb2`, loaded from its file so that writing a strategy does not pay for
-    importing all of MindSpore (~7 s); the normal import when that fails."""
-    import importlib.util
-    import sys
-
-    spec = None if "mindspore" in sys.modules else importlib.util.find_spec("mindspore")
-    if spec is not None and spec.submodule_search_locations:
-        path = os.path.join(list(spec.submodule_search_locations)[0], "train", "node_strategy_pb2.py")
-        if os.path.exists(path):
-            mod_spec = importlib.util.spec_from_file_location("_bench_node_strategy_pb2", path)
-            module = importlib.util.module_from_spec(mod_spec)
-            try:
-                mod_spec.loader.exec_module(module)
-                return module
-            except Exception:  # noqa: BLE001 - fall back to the regular import
-                pass
-    from mindspore.train import node_strategy_pb2
-
-    return node_strategy_pb2
-
-
-def _message(side: Side, dims: ModelDims, stage: int | None):
-    pb = _strategy_pb2()
-    msg = pb.ParallelStrategyMap()
-    msg.current_stage = 0
-    item = msg.parallel_strategy_item.add()
-    item.node_name = "Default/network-LlamaForCausalLM/model-LlamaModel/MatMul-op0"
-    item.parallel_strategys.stage = stage or 0
-    item.parallel_strategys.parallel_strategy.add().dim.extend([side.dp, side.mp])
-    for name, shape, _, kind, layer in dims.params():
-        if stage is not None and side.stage_of(layer, dims.layers) != stage:
-            continue
-        spec = side.layout(shape, kind)
-        lay = msg.parallel_layout_item.add()
-        lay.param_name = name
-        lo = lay.parallel_layouts
-        lo.dev_matrix.add().dim.extend(spec["dev_matrix"])
-        lo.tensor_map.add().dim.extend(spec["tensor_map"])
-        lo.param_split_shape.add()
-        lo.indices_offset.add()
-        lo.field = 0
-        lo.opt_weight_shard_step = spec["opt_shard_step"]
-        lo.opt_weight_shard_size = spec["opt_shard_size"]
-    return msg
+def _write(side: Side, dims: ModelDims, stage: int | None, path: str) -> None:
+    """One strategy file of `side`: every parameter, or those of pipeline stage `stage`."""
+    params = {p.name: side.layout(p.shape, p.split) for p in dims.params()
+              if stage is None or side.stage_of(p.layer, dims.layers) == stage}
+    write_strategy_file(path, params, strategy_items=[(NODE, stage or 0, [[side.dp, side.mp]])])
 
 
 def write_strategy(side: Side, dims: ModelDims, root: str) -> tuple[str | None, str | None]:
@@ -237,14 +163,12 @@ def write_strategy(side: Side, dims: ModelDims, root: str) -> tuple[str | None, 
         return None, None
     if side.pp == 1:
         path = os.path.join(root, f"{side.name}_strategy.ckpt")
-        with open(path, "wb") as f:
-            f.write(_message(side, dims, None).SerializeToString())
+        _write(side, dims, None, path)
         return path, path
     stage_dir = os.path.join(root, f"{side.name}_stages")
     os.makedirs(stage_dir, exist_ok=True)
     for s in range(side.pp):
-        with open(os.path.join(stage_dir, f"ckpt_strategy_rank_{s * side.stage_devices}.ckpt"), "wb") as f:
-            f.write(_message(side, dims, s).SerializeToString())
+        _write(side, dims, s, os.path.join(stage_dir, f"ckpt_strategy_rank_{s * side.stage_devices}.ckpt"))
     merged = os.path.join(root, f"{side.name}_merged_strategy.ckpt")
     import mindspore as ms
 

@@ -48,7 +48,9 @@ SMOKE_PLAN = "a=0.0035;c=0.0035"
 STARTUP_CODE = """
 import mpitrans.cli, mpitrans.job.run
 from mpitrans.job.transport import make_transport
-make_transport(None).barrier()
+make_transport(None)
+from mpi4py import MPI
+MPI.COMM_WORLD.Barrier()
 """
 
 

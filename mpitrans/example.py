@@ -1,10 +1,12 @@
 """A small, self-contained example job: `python -m mpitrans.example build|check DIR`.
 
-`build` writes a tiny LLaMA-shaped model (bfloat16 weights, float32 Adam states, a step counter) as one
-full checkpoint, plus two strategy files: the training layout (8 ranks: data parallel 2 x model
-parallel 4) and a new layout (4 ranks: data parallel 2 x model parallel 2). The quickstart then shards
-the full model into the 8 training ranks and reshards those to 4 ranks, both with mpitrans under mpirun.
-`check` compares the result with `mindspore.transform_checkpoints` on the same input, byte for byte.
+`build` writes a tiny LLaMA-shaped model (`mpitrans.fixtures.models`, without feed-forward norms and head:
+bfloat16 weights, float32 norms and Adam states, a step counter) as one full checkpoint, plus two strategy
+files: the training layout (8 ranks: data parallel 2 x model parallel 4) and a new layout (4 ranks: data
+parallel 2 x model parallel 2). The quickstart then shards the full model into the 8 training ranks and
+reshards those to 4 ranks, both with mpitrans under mpirun. `check` compares the result with
+`mindspore.transform_checkpoints` on the same input, byte for byte; it fails (exit status 2) when MindSpore is
+not installed, since then nothing was checked.
 """
 
 from __future__ import annotations
@@ -16,47 +18,18 @@ import sys
 
 import numpy as np
 
+from mpitrans.fixtures.models import llama_params, megatron_tensor_map
 from mpitrans.storage.ckpt import CheckpointWriter
 from mpitrans.strategy.codec import write_strategy
 from mpitrans.strategy.model import RawLayout, StrategyFile
 
 HIDDEN, FFN, VOCAB, LAYERS = 128, 256, 512, 2
-
-
-def _params() -> list[tuple[str, tuple[int, ...], str, str]]:
-    """(name, shape, dtype, kind); kind says how model parallelism splits it."""
-    out = [("model.tok_embeddings.embedding_weight", (VOCAB, HIDDEN), "BFloat16", "row")]
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        out += [
-            (p + "attention.wq.weight", (HIDDEN, HIDDEN), "BFloat16", "row"),
-            (p + "attention.wk.weight", (HIDDEN, HIDDEN), "BFloat16", "row"),
-            (p + "attention.wv.weight", (HIDDEN, HIDDEN), "BFloat16", "row"),
-            (p + "attention.wo.weight", (HIDDEN, HIDDEN), "BFloat16", "col"),
-            (p + "feed_forward.w1.weight", (FFN, HIDDEN), "BFloat16", "row"),
-            (p + "feed_forward.w3.weight", (FFN, HIDDEN), "BFloat16", "row"),
-            (p + "feed_forward.w2.weight", (HIDDEN, FFN), "BFloat16", "col"),
-            (p + "attention_norm.weight", (HIDDEN,), "Float32", "none"),
-        ]
-    out.append(("model.norm_out.weight", (HIDDEN,), "Float32", "none"))
-    out += [(f"adam_m.{n}", s, "Float32", k) for n, s, _, k in list(out)]
-    out += [(f"adam_v.{n}", s, "Float32", k) for n, s, _, k in out if n.startswith("adam_m.")]
-    out = [(n.replace("adam_v.adam_m.", "adam_v."), s, d, k) for n, s, d, k in out]
-    return out
-
-
-def _layout(shape: tuple[int, ...], kind: str, dp: int, mp: int) -> RawLayout:
-    if kind == "row":
-        tmap = (0, -1)
-    elif kind == "col":
-        tmap = (-1, 0)
-    else:
-        tmap = (-1,) * len(shape)
-    return RawLayout(dev_matrix=(dp, mp), tensor_map=(tmap,))
+PARAMS = llama_params(LAYERS, HIDDEN, FFN, VOCAB, adam=True, ffn_norm=False, head=False)
 
 
 def _strategy(dp: int, mp: int) -> StrategyFile:
-    layouts = [(n, _layout(s, k, dp, mp)) for n, s, _, k in _params()]
+    layouts = [(p.name, RawLayout(dev_matrix=(dp, mp), tensor_map=(megatron_tensor_map(p.shape, p.split),)))
+               for p in PARAMS]
     return StrategyFile(layouts=layouts, strategy_items=[("Default/network", 0, ((dp, mp),))], current_stage=0)
 
 
@@ -72,14 +45,14 @@ def build(root: str) -> None:
     os.makedirs(os.path.join(root, "full"), exist_ok=True)
     full = os.path.join(root, "full", "model.ckpt")
     with CheckpointWriter(full) as w:
-        for name, shape, dtype, _ in _params():
-            w.write_tensor(name, dtype, shape, _random_bytes(rng, shape, dtype))
+        for p in PARAMS:
+            w.write_tensor(p.name, p.dtype, p.shape, _random_bytes(rng, p.shape, p.dtype))
         w.write_tensor("global_step", "Int32", (1,), np.array([1000], dtype=np.int32).tobytes())
         w.write_tensor("learning_rate", "Float32", (), np.array(3e-4, dtype=np.float32).tobytes())
     write_strategy(_strategy(2, 4), os.path.join(root, "src_strategy.ckpt"))
     write_strategy(_strategy(2, 2), os.path.join(root, "dst_strategy.ckpt"))
     size = os.path.getsize(full)
-    print(f"example: full model {full} ({size / 2**20:.1f} MiB, {len(_params()) + 2} tensors)")
+    print(f"example: full model {full} ({size / 2**20:.1f} MiB, {len(PARAMS) + 2} tensors)")
     print(f"example: strategies {root}/src_strategy.ckpt (dp2 x mp4, 8 ranks), "
           f"{root}/dst_strategy.ckpt (dp2 x mp2, 4 ranks)")
 
@@ -88,10 +61,11 @@ def check(root: str) -> int:
     """Compare mpitrans' output with MindSpore's transform of the same source, file by file."""
     ours = os.path.join(root, "dst")
     try:
-        import mindspore as ms  # noqa: F401 - the oracle; only the check uses it
+        import mindspore as ms  # the oracle; only the check uses it
     except ImportError:
-        print("check: mindspore is not installed; install mpitrans[mindspore] to compare with it")
-        return 0
+        print("check: mindspore is not installed, so nothing was checked; install mpitrans[mindspore] to "
+              "compare with mindspore.transform_checkpoints", file=sys.stderr)
+        return 2
     ref = os.path.join(root, "mindspore_dst")
     ms.transform_checkpoints(os.path.join(root, "src"), ref, "checkpoint_",
                              os.path.join(root, "src_strategy.ckpt"), os.path.join(root, "dst_strategy.ckpt"))

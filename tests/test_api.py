@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import mpitrans
-from tests.support.strategies import write_pipeline_stage_files, write_strategy_file
+from mpitrans.fixtures.random_layouts import random_layouts
+from mpitrans.fixtures.strategies import write_pipeline_stage_files, write_strategy_file
 
 ms = pytest.importorskip("mindspore")
 
@@ -20,28 +21,15 @@ ms = pytest.importorskip("mindspore")
 def _dp_mp_params(names, dp, mp, opt=0):
     out = {}
     for i, n in enumerate(names):
-        tmap = (1, -1) if False else ((0, -1) if i % 2 == 0 else (-1, 0))
+        tmap = (0, -1) if i % 2 == 0 else (-1, 0)
         step, size = (mp, opt) if opt else (0, 0)
         out[n] = {"dev_matrix": (dp, mp), "tensor_map": tmap, "opt_shard_step": step, "opt_shard_size": size}
     return out
 
 
 def _random_spec(rng, names):
-    n = rng.choice([1, 2, 4, 8])
-    dev = []
-    m = n
-    while m > 1:
-        f = rng.choice([d for d in (2, 4) if m % d == 0])
-        dev.append(f)
-        m //= f
-    dev = dev or [1]
-    out = {}
-    for name in names:
-        axes = list(range(len(dev)))
-        rng.shuffle(axes)
-        tmap = tuple(axes.pop() if axes and rng.random() < 0.6 else -1 for _ in range(2))
-        out[name] = {"dev_matrix": tuple(dev), "tensor_map": tmap}
-    return out
+    """One random device matrix for every name, each with its own 2-D tensor map."""
+    return {n: lay.to_strategy_spec() for n, lay in random_layouts(rng, names, 2, profile="mesh").items()}
 
 
 @pytest.mark.parametrize("seed", range(4))

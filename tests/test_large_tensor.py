@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.layouts import Case, LayoutSpec, ParamLayout, ParamSpec
+from mpitrans.fixtures.layouts import LayoutEntry
+from tests.support.layouts import Case, LayoutSpec, ParamSpec
 from tests.support.mpirun import mpirun
 from tests.support.oracle import assert_same_tree, build_case
 
@@ -16,7 +17,7 @@ pytest.importorskip("mindspore")
 # float16 (MindSpore converts nothing), 16 x 17,301,504 elements = 528 MiB: just over one record.
 BIG = ParamSpec("big.weight", (16, 17_301_504), "float16")
 SMALL = ParamSpec("small.bias", (16,), "float32")
-MP2 = LayoutSpec.single({"big.weight": ParamLayout((2,), (0, -1)), "small.bias": ParamLayout((2,), (0,))})
+MP2 = LayoutSpec.single({"big.weight": LayoutEntry((2,), (0, -1)), "small.bias": LayoutEntry((2,), (0,))})
 
 
 @pytest.mark.parametrize("direction", ["full_to_mp2", "mp2_to_full"])

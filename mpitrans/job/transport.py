@@ -32,8 +32,6 @@ class Transport(Protocol):
 
     def alltoall_bytes(self, data: Sequence[bytes]) -> list[bytes]: ...
 
-    def barrier(self) -> None: ...
-
     def abort(self, code: int = 1) -> None: ...
 
 
@@ -56,9 +54,6 @@ class LocalTransport:
 
     def alltoall_bytes(self, data: Sequence[bytes]) -> list[bytes]:
         return [bytes(data[0])]
-
-    def barrier(self) -> None:
-        pass
 
     def abort(self, code: int = 1) -> None:
         sys.stderr.flush()
@@ -129,9 +124,6 @@ class MPITransport:
             for i, piece in enumerate(_pieces(buf)):
                 requests.append(self.comm.Isend([piece, MPI.BYTE], dest=peer, tag=base % 32000 + i))
         MPI.Request.Waitall(requests)
-
-    def barrier(self) -> None:
-        self.comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
         sys.stderr.flush()

@@ -17,7 +17,6 @@ literally, quirks included, and say so where a rule looks surprising:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 from mpitrans.errors import StrategyError
 from mpitrans.strategy.model import ParamLayout, RawLayout, StrategyFile, TensorMapEntry
@@ -27,8 +26,6 @@ __all__ = [
     "layout_maps_by_stage",
     "pipeline_stage_num",
     "src_dst_layout_maps",
-    "src_dst_layout_maps_by_src",
-    "stage_device_num",
 ]
 
 
@@ -121,17 +118,6 @@ def pipeline_stage_num(strategy: StrategyFile | None) -> int:
     return len(stages)
 
 
-def stage_device_num(lmap: Mapping[str, ParamLayout]) -> int:
-    """Devices per pipeline stage: the product of the first parameter's device matrix (MindSpore's rule)."""
-    if not lmap:
-        raise StrategyError("the parallel strategy holds no parameter layouts")
-    dev = next(iter(lmap.values())).dev_matrix
-    if not dev:
-        raise StrategyError("the parallel strategy only describes pipeline parallelism (empty device "
-                            "matrix), which MindSpore does not support for checkpoint transformation")
-    return math.prod(dev)
-
-
 def src_dst_layout_maps(
     rank_id: int, src: StrategyFile | None, dst: StrategyFile | None
 ) -> tuple[dict[str, ParamLayout] | None, dict[str, ParamLayout] | None]:
@@ -146,7 +132,7 @@ def src_dst_layout_maps(
     dst_map = layout_map(dst, rank_id)
     if not dst_map:
         raise StrategyError(f"the destination strategy {dst.source} holds no parameter layouts")
-    # An empty device matrix counts as one device here (numpy's product of nothing), unlike stage_device_num.
+    # An empty device matrix counts as one device here (numpy's product of nothing).
     dst_stage = _floordiv(rank_id, math.prod(next(iter(dst_map.values())).dev_matrix))
     for name in list(dst_map):
         if dst_stage in dst_map[name].stages:
@@ -155,27 +141,6 @@ def src_dst_layout_maps(
         if src_map is not None:
             src_map.pop(name, None)
     return src_map, dst_map
-
-
-def src_dst_layout_maps_by_src(
-    src: StrategyFile, dst: StrategyFile | None
-) -> tuple[dict[str, ParamLayout], dict[str, ParamLayout] | None, int]:
-    """MindSpore's `_extract_src_dst_layout_map_by_src`, used when the source holds a single stage.
-
-    Returns the source map, the destination map cut to the source's parameters, and the source's stage
-    (the stage of its first strategy item, required only when there is a destination). MindSpore returns
-    just two values when there is no destination; we always return three.
-    """
-    src_map = layout_map(src)
-    if dst is None:
-        return src_map, None, src.stage
-    dst_map = layout_map(dst)
-    for name in [n for n in dst_map if n not in src_map]:
-        del dst_map[name]
-    if not src.strategy_items:
-        raise StrategyError(f"the source strategy {src.source} has no parallel_strategy_item, so its "
-                            f"pipeline stage is unknown")
-    return src_map, dst_map, src.strategy_items[0][1]
 
 
 def layout_maps_by_stage(strategy: StrategyFile) -> dict[int, dict[str, ParamLayout]]:

@@ -177,7 +177,7 @@ def test_more_bad_inputs_fail_cleanly(example, tmp_path, problem):
         src_strategy = str(tmp_path / "s.json")
         expect = ["s.json"]
     elif problem == "different-model":
-        from tests.support.strategies import write_strategy_file
+        from mpitrans.fixtures.strategies import write_strategy_file
 
         dst_strategy = write_strategy_file(tmp_path / "other.ckpt", {
             "encoder.w": {"dev_matrix": (2, 2), "tensor_map": (0, -1)}})
@@ -187,8 +187,8 @@ def test_more_bad_inputs_fail_cleanly(example, tmp_path, problem):
         subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(dst)], check=True)
         expect = ["Read-only file system"]
     else:
+        from mpitrans.fixtures.strategies import write_strategy_file
         from mpitrans.storage.ckpt import CheckpointWriter
-        from tests.support.strategies import write_strategy_file
 
         src = tmp_path / "full.ckpt"
         with CheckpointWriter(str(src)) as w:

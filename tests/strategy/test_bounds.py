@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from mpitrans.errors import StrategyError
+from mpitrans.fixtures.strategies import write_pipeline_stage_files, write_strategy_file
 from mpitrans.strategy.bounds import MAX_DEVICES
 from mpitrans.strategy.merge import load_strategy
 from tests.support.mpirun import mpirun, single
-from tests.support.strategies import write_pipeline_stage_files, write_strategy_file
 
 W = "model.w"
 

@@ -6,9 +6,10 @@ strategy file), the content seed and a few switches. `tests.support.oracle` turn
 MindSpore's expected output; this module never imports mindspore, so generating and hashing cases is
 instant and works in any process.
 
-Layouts follow the rules MindSpore's own strategy writer follows (see `opt_shard_fields`), and
-`random_case` only generates what MindSpore 2.10's transformer accepts (see the oracle's docstring for
-what it rejects), so a failure of mpitrans against a random case is a real difference, never a bad case.
+Layouts (`mpitrans.fixtures.layouts.LayoutEntry`) follow the rules MindSpore's own strategy writer follows
+(see `opt_shard_fields`), and `random_case` only generates what MindSpore 2.10's transformer accepts (see the
+oracle's docstring for what it rejects), so a failure of mpitrans against a random case is a real
+difference, never a bad case.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import prod
 
-TensorMapEntry = int | tuple[int, ...]
+from mpitrans.fixtures.layouts import LayoutEntry, TensorMapEntry, axis_size, opt_shard_fields, replica_axes
+from mpitrans.fixtures.random_layouts import random_layout
 
 # Every dtype MindSpore 2.10 saves, loads and transforms losslessly (checked by the oracle self-check).
 DTYPES = ("float32", "float16", "bfloat16", "int32", "int8", "int64", "float64", "bool", "uint8")
@@ -64,144 +66,7 @@ class ParamSpec:
         return size * prod(self.shape)
 
 
-def _axis_size(dev_matrix: Sequence[int], axis: int) -> int:
-    return dev_matrix[len(dev_matrix) - 1 - axis]
-
-
-def tensor_strategy(dev_matrix: Sequence[int], tensor_map: Sequence[TensorMapEntry]) -> tuple[int, ...]:
-    """Slices per tensor dimension (MindSpore's `_get_tensor_strategy`)."""
-    out = []
-    for e in tensor_map:
-        axes = e if isinstance(e, tuple) else (e,)
-        out.append(prod(_axis_size(dev_matrix, a) for a in axes if a != -1))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class ParamLayout:
-    """One parameter's strategy entry: device matrix, tensor map (ints, or tuples of device axes for a
-    dimension split over several axes, as the `Layout` API writes), and optimizer sharding fields exactly
-    as stored (`opt_shard_size` -1 means "all replicas")."""
-
-    dev_matrix: tuple[int, ...]
-    tensor_map: tuple[TensorMapEntry, ...]
-    opt_shard_step: int = 0
-    opt_shard_size: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dev_matrix", tuple(int(d) for d in self.dev_matrix))
-        object.__setattr__(self, "tensor_map", tuple(tuple(int(a) for a in e) if isinstance(e, (tuple, list))
-                                                     else int(e) for e in self.tensor_map))
-
-    @property
-    def device_num(self) -> int:
-        return prod(self.dev_matrix)
-
-    @property
-    def multi_axis(self) -> bool:
-        return any(isinstance(e, tuple) for e in self.tensor_map)
-
-    @property
-    def strategy(self) -> tuple[int, ...]:
-        return tensor_strategy(self.dev_matrix, self.tensor_map)
-
-    def used_axes(self) -> list[int]:
-        out: list[int] = []
-        for e in self.tensor_map:
-            out.extend(a for a in (e if isinstance(e, tuple) else (e,)) if a != -1)
-        return out
-
-    def replica_count(self) -> int:
-        return self.device_num // prod(self.strategy)
-
-    def resolved_opt_size(self) -> int:
-        """`-1` resolved the way MindSpore's `_extract_layout_item` does."""
-        return self.replica_count() if self.opt_shard_size == -1 else self.opt_shard_size
-
-    def check(self, shape: Sequence[int]) -> None:
-        """Raise ValueError unless this layout can split a tensor of `shape` (what training guarantees)."""
-        if len(self.tensor_map) != len(shape):
-            raise ValueError(f"tensor map {self.tensor_map} does not match shape {tuple(shape)}")
-        used = self.used_axes()
-        if len(used) != len(set(used)) or any(a < 0 or a >= len(self.dev_matrix) for a in used):
-            raise ValueError(f"bad tensor map {self.tensor_map} for device matrix {self.dev_matrix}")
-        for d, s in zip(shape, self.strategy, strict=True):
-            if d % s:
-                raise ValueError(f"dimension {d} not divisible by {s} ({self})")
-        if self.opt_shard_size:
-            k = self.resolved_opt_size()
-            if not shape or k < 1 or self.replica_count() % k or (shape[0] // self.strategy[0]) % k:
-                raise ValueError(f"optimizer sharding {self.opt_shard_size} does not fit {tuple(shape)} "
-                                 f"({self})")
-
-    def to_strategy_spec(self) -> dict:
-        """The dict `tests.support.strategies.write_strategy_file` takes."""
-        return {"dev_matrix": list(self.dev_matrix), "tensor_map": list(self.tensor_map),
-                "opt_shard_step": self.opt_shard_step, "opt_shard_size": self.opt_shard_size}
-
-
-def opt_shard_fields(dev_matrix: Sequence[int], tensor_map: Sequence[TensorMapEntry], shape: Sequence[int],
-                     size: int = -1) -> tuple[int, int]:
-    """(opt_weight_shard_step, opt_weight_shard_size) as MindSpore's training writes them, or (0, 0).
-
-    MindSpore (`OperatorInfo::CreateGroupForOptShard`) shards a weight over its replica group, the ranks
-    that differ only on device axes the tensor map leaves unused; it stores the user's
-    `optimizer_weight_shard_size` (-1 = whole group) and the mean rank stride of the group,
-    ``(last - first) // (len - 1)``. A weight whose group has one rank, or whose first dimension does not
-    divide, is not sharded and stores zeros.
-    """
-    layout = ParamLayout(tuple(dev_matrix), tuple(tensor_map))
-    used = {len(dev_matrix) - 1 - a for a in layout.used_axes()}
-    free = [i for i, v in enumerate(dev_matrix) if i not in used and v > 1]
-    group = 1
-    for i in free:
-        group *= dev_matrix[i]
-    if group == 1 or not shape:
-        return 0, 0
-    k = group if size == -1 else size
-    if k < 2 or group % k or (shape[0] // layout.strategy[0]) % k:
-        return 0, 0
-    strides = [prod(dev_matrix[i + 1:]) for i in free]
-    members = [0]
-    for i, st in zip(free, strides, strict=True):
-        members = [m + c * st for m in members for c in range(dev_matrix[i])]
-    step = (max(members) - min(members)) // (len(members) - 1)
-    return step, size
-
-
-def opt_shard_transformable(dev_matrix: Sequence[int], tensor_map: Sequence[TensorMapEntry], step: int,
-                            size: int) -> bool:
-    """Whether MindSpore 2.10's transformer accepts this optimizer sharding
-    (`_construct_tensor_layout_for_opt_shard` and its helper, restated). Training writes layouts it
-    rejects, e.g. two replicas of 2 out of a replica axis of 3."""
-    if not step or not size:
-        return True
-    layout = ParamLayout(tuple(dev_matrix), tuple(tensor_map))
-    used = {len(dev_matrix) - 1 - a for a in layout.used_axes()}
-    repeated = [i for i, v in enumerate(dev_matrix) if i not in used and v > 1]
-    if not repeated:
-        return False
-    if not layout.multi_axis:
-        if len(repeated) == 1 and prod(dev_matrix[repeated[0] + 1:]) != step:
-            return False
-        if not ((1 < len(repeated) < len(dev_matrix)) or repeated[0] > 0):
-            return True  # the simple path: no further checks
-    remaining = size if size != -1 else prod(dev_matrix[i] for i in repeated)
-    for i in reversed(repeated):
-        d = dev_matrix[i]
-        if remaining // d == 0:
-            if d % remaining:
-                return False
-            d = remaining
-        if remaining % d:
-            return False
-        remaining //= d
-        if remaining == 1:
-            break
-    return True
-
-
-def mindspore_misplaces(layout: ParamLayout) -> bool:
+def mindspore_misplaces(layout: LayoutEntry) -> bool:
     """Whether MindSpore 2.10's transformer assigns this layout's slices to other ranks than training does.
 
     It happens on the "simple path" of `_construct_tensor_layout_for_opt_shard` (optimizer-sharded, flat
@@ -213,11 +78,10 @@ def mindspore_misplaces(layout: ParamLayout) -> bool:
     if not layout.opt_shard_step or not layout.opt_shard_size or layout.multi_axis:
         return False
     dm = layout.dev_matrix
-    used = {len(dm) - 1 - a for a in layout.used_axes()}
-    repeated = [i for i, v in enumerate(dm) if i not in used and v > 1]
+    repeated = replica_axes(layout)
     if not repeated or (1 < len(repeated) < len(dm)) or repeated[0] > 0:
         return False
-    split = [a for a in layout.tensor_map if isinstance(a, int) and a != -1 and _axis_size(dm, a) > 1]
+    split = [a for a in layout.tensor_map if isinstance(a, int) and a != -1 and axis_size(dm, a) > 1]
     return any(x <= y for x, y in zip(split, split[1:], strict=False))
 
 
@@ -230,7 +94,7 @@ class LayoutSpec:
     may appear in several stages (a shared embedding), possibly with different layouts.
     """
 
-    stages: tuple[tuple[tuple[str, ParamLayout], ...], ...]
+    stages: tuple[tuple[tuple[str, LayoutEntry], ...], ...]
 
     def __post_init__(self) -> None:
         stages = tuple(tuple((str(n), lay) for n, lay in st) for st in self.stages)
@@ -242,12 +106,12 @@ class LayoutSpec:
             raise ValueError(f"all layouts of a strategy must cover the same device count, got {counts}")
 
     @classmethod
-    def single(cls, layouts: Mapping[str, ParamLayout] | Iterable[tuple[str, ParamLayout]]) -> LayoutSpec:
+    def single(cls, layouts: Mapping[str, LayoutEntry] | Iterable[tuple[str, LayoutEntry]]) -> LayoutSpec:
         items = layouts.items() if isinstance(layouts, Mapping) else layouts
         return cls((tuple(items),))
 
     @classmethod
-    def pipeline(cls, stages: Sequence[Mapping[str, ParamLayout]]) -> LayoutSpec:
+    def pipeline(cls, stages: Sequence[Mapping[str, LayoutEntry]]) -> LayoutSpec:
         return cls(tuple(tuple(st.items()) for st in stages))
 
     @property
@@ -265,7 +129,7 @@ class LayoutSpec:
     def names(self) -> set[str]:
         return {n for st in self.stages for n, _ in st}
 
-    def stage_layouts(self, stage: int) -> dict[str, ParamLayout]:
+    def stage_layouts(self, stage: int) -> dict[str, LayoutEntry]:
         return dict(self.stages[stage])
 
     def check(self, params: Iterable[ParamSpec]) -> None:
@@ -319,7 +183,7 @@ class Case:
             if s is None:
                 return None
 
-            def tmap(lay: ParamLayout) -> list:
+            def tmap(lay: LayoutEntry) -> list:
                 return [list(e) if isinstance(e, tuple) else e for e in lay.tensor_map]
 
             return [[[n, list(lay.dev_matrix), tmap(lay), lay.opt_shard_step, lay.opt_shard_size]
@@ -335,9 +199,9 @@ class Case:
             if s is None:
                 return None
 
-            def lay(dm: list, tm: list, step: int, size: int) -> ParamLayout:
+            def lay(dm: list, tm: list, step: int, size: int) -> LayoutEntry:
                 tmap = tuple(tuple(e) if isinstance(e, list) else e for e in tm)
-                return ParamLayout(tuple(dm), tmap, step, size)
+                return LayoutEntry(tuple(dm), tmap, step, size)
 
             return LayoutSpec(tuple(tuple((e[0], lay(*e[1:])) for e in st) for st in s))
 
@@ -390,11 +254,11 @@ def split_map(shape: Sequence[int], dev_matrix: Sequence[int], prefer: int = 0) 
     return tuple(tmap)
 
 
-def _layouts_for(params: Iterable[ParamSpec], make) -> dict[str, ParamLayout]:
+def _layouts_for(params: Iterable[ParamSpec], make) -> dict[str, LayoutEntry]:
     """Layouts of every non-extra parameter; optimizer states copy their parameter's layout."""
     shapes = {p.name: p.shape for p in params}
-    out: dict[str, ParamLayout] = {}
-    made: dict[str, ParamLayout] = {}
+    out: dict[str, LayoutEntry] = {}
+    made: dict[str, LayoutEntry] = {}
     for i, (name, shape) in enumerate(shapes.items()):
         if name in EXTRA_NAMES:
             continue
@@ -412,10 +276,10 @@ def dp_mp(dp: int, mp: int, params: Iterable[ParamSpec], opt_shard: bool | int =
     params = list(params)
     size = -1 if opt_shard is True else int(opt_shard)
 
-    def make(i: int, shape: tuple[int, ...]) -> ParamLayout:
+    def make(i: int, shape: tuple[int, ...]) -> LayoutEntry:
         tmap = split_map(shape, (dp, mp), prefer=0 if i % 2 == 0 else -1)
         step, sz = opt_shard_fields((dp, mp), tmap, shape, size) if opt_shard else (0, 0)
-        return ParamLayout((dp, mp), tmap, step, sz)
+        return LayoutEntry((dp, mp), tmap, step, sz)
 
     return LayoutSpec.single(_layouts_for(params, make))
 
@@ -428,10 +292,10 @@ def with_layout(params: Iterable[ParamSpec], dev_matrix: Sequence[int],
     size = -1 if opt_shard is True else int(opt_shard)
     names = [p.name for p in params]
 
-    def make(i: int, shape: tuple[int, ...]) -> ParamLayout:
+    def make(i: int, shape: tuple[int, ...]) -> LayoutEntry:
         tmap = tuple(tensor_maps.get(base_name(names[i]), (-1,) * len(shape)))
         step, sz = opt_shard_fields(dev_matrix, tmap, shape, size) if opt_shard else (0, 0)
-        return ParamLayout(tuple(dev_matrix), tmap, step, sz)
+        return LayoutEntry(tuple(dev_matrix), tmap, step, sz)
 
     return LayoutSpec.single(_layouts_for(params, make))
 
@@ -472,65 +336,13 @@ _DEVICE_COUNTS = (1, 2, 3, 4, 6, 8)
 _DIM_SIZES = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
-def _factorizations(n: int) -> list[tuple[int, ...]]:
-    """Ordered factorizations of n into factors > 1 ((n,) included; (1,) for n == 1)."""
-    if n == 1:
-        return [(1,)]
-    out = [(n,)]
-    for f in range(2, n):
-        if n % f == 0:
-            out += [(f, *rest) for rest in _factorizations(n // f)]
-    return out
+def _random_layouts_for(rng: random.Random, params: Sequence[ParamSpec], n: int, multi_axis: bool,
+                        opt_size: int | None) -> dict[str, LayoutEntry]:
+    """Random "training" layouts over n devices for the non-extra parameters; states share their parameter's."""
 
-
-def random_dev_matrix(rng: random.Random, n: int) -> tuple[int, ...]:
-    dm = list(rng.choice(_factorizations(n)))
-    if n > 1 and rng.random() < 0.1:
-        dm.insert(rng.randrange(len(dm) + 1), 1)  # MindSpore keeps size-1 axes a strategy asks for
-    return tuple(dm)
-
-
-def random_tensor_map(rng: random.Random, shape: Sequence[int], dev_matrix: Sequence[int],
-                      multi_axis: bool) -> tuple[TensorMapEntry, ...]:
-    """A tensor map whose splits divide `shape`, each device axis used at most once; with `multi_axis`
-    some dimension may be split over two axes (every entry then a tuple, as `_convert_to_list` gives)."""
-    axes = [a for a in range(len(dev_matrix))]
-    rng.shuffle(axes)
-    tmap: list[TensorMapEntry] = []
-    for d in shape:
-        r = rng.random()
-        cands = [a for a in axes if d % _axis_size(dev_matrix, a) == 0]
-        if multi_axis and r < 0.35 and len(cands) >= 2:
-            a, b = rng.sample(cands, 2)
-            if d % (_axis_size(dev_matrix, a) * _axis_size(dev_matrix, b)) == 0:
-                axes.remove(a)
-                axes.remove(b)
-                tmap.append((a, b))
-                continue
-        if r < 0.7 and cands:
-            a = rng.choice(cands)
-            axes.remove(a)
-            tmap.append(a)
-        else:
-            tmap.append(-1)
-    if multi_axis and any(isinstance(e, tuple) for e in tmap):
-        tmap = [e if isinstance(e, tuple) else (e,) for e in tmap]
-    return tuple(tmap)
-
-
-def random_layouts(rng: random.Random, params: Sequence[ParamSpec], n: int, multi_axis: bool,
-                   opt_size: int | None) -> dict[str, ParamLayout]:
-    """Random layouts over n devices for the non-extra parameters; states share their parameter's."""
-
-    def make(_i: int, shape: tuple[int, ...]) -> ParamLayout:
-        dm = random_dev_matrix(rng, n)
-        tmap = random_tensor_map(rng, shape, dm, multi_axis and rng.random() < 0.5)
-        step = size = 0
-        if opt_size is not None and rng.random() < 0.8:
-            step, size = opt_shard_fields(dm, tmap, shape, opt_size)
-            if not opt_shard_transformable(dm, tmap, step, size):
-                step = size = 0
-        return ParamLayout(dm, tmap, step, size)
+    def make(_i: int, shape: tuple[int, ...]) -> LayoutEntry:
+        return random_layout(rng, profile="training", shape=shape, devices=n, multi_axis=multi_axis,
+                             opt_shard=opt_size)
 
     return _layouts_for(params, make)
 
@@ -565,13 +377,13 @@ def random_params(rng: random.Random) -> tuple[ParamSpec, ...]:
 def _random_side(rng: random.Random, params: Sequence[ParamSpec], n: int, stages: int, multi_axis: bool,
                  opt_size: int | None) -> LayoutSpec:
     if stages == 1:
-        return LayoutSpec.single(random_layouts(rng, params, n, multi_axis, opt_size))
+        return LayoutSpec.single(_random_layouts_for(rng, params, n, multi_axis, opt_size))
     bases = [p.name for p in params if p.name not in EXTRA_NAMES and base_name(p.name) == p.name]
     shared = [bases[0]] if rng.random() < 0.3 else []
     groups = assign_stages(params, stages, shared)
     out = []
     for names in groups:
-        lays = random_layouts(rng, [p for p in params if p.name in names], n, multi_axis, opt_size)
+        lays = _random_layouts_for(rng, [p for p in params if p.name in names], n, multi_axis, opt_size)
         out.append({nm: lays[nm] for nm in names})
     return LayoutSpec.pipeline(out)
 
@@ -652,7 +464,7 @@ def catalog() -> dict[str, Case]:
     multi = {"embedding.table": ((2, 1), (0,)), "layer0.weight": ((0,), (2, 1)), "layer0.bias": ((1, 0),),
              "layer1.weight": ((2,), (-1,)), "head.weight": ((-1,), (0, 2))}
     multi_no_bias = {k: v for k, v in multi.items() if k != "layer0.bias"}
-    swap = ParamLayout((4, 2, 2), (0, 1), *opt_shard_fields((4, 2, 2), (0, 1), (16, 24)))
+    swap = LayoutEntry((4, 2, 2), (0, 1), *opt_shard_fields((4, 2, 2), (0, 1), (16, 24)))
     cases = {
         "full_to_dp2mp2": Case(m, None, dp_mp(2, 2, m)),
         "dp2mp2_to_full": Case(m, dp_mp(2, 2, m), None),
@@ -705,7 +517,7 @@ def rejected_catalog() -> dict[str, tuple[Case, str]]:
     """Cases MindSpore 2.10 refuses, with a substring of its error (training can produce all but
     full -> full)."""
     m = MODEL
-    rep = ParamLayout((2, 3, 1), (-1, -1), *opt_shard_fields((2, 3, 1), (-1, -1), (16, 24), 2))
+    rep = LayoutEntry((2, 3, 1), (-1, -1), *opt_shard_fields((2, 3, 1), (-1, -1), (16, 24), 2))
     cases = {
         "coprime_3_to_2": (Case(m, dp_mp(1, 3, m), dp_mp(1, 2, m)),
                            "Cannot transform device_num from 3 to 2"),

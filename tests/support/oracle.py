@@ -1,7 +1,7 @@
 """MindSpore as the byte-for-byte reference for every resharding path of mpitrans.
 
 `build_case(case)` / `build_cases(cases)` turn a `tests.support.layouts.Case` into files: the full
-checkpoint (`mindspore.save_checkpoint`), the strategy files (via `tests.support.strategies`, merged by
+checkpoint (`mindspore.save_checkpoint`), the strategy files (via `mpitrans.fixtures.strategies`, merged by
 `mindspore.merge_pipeline_strategys` for a pipeline side), the source shards (MindSpore's own split of
 the full checkpoint), and MindSpore's answer: `transform_checkpoints(src -> dst, "checkpoint_")` into
 `expected/`, `rank_list_for_transform` for every target rank and `transform_checkpoint_by_rank` outputs.
@@ -55,7 +55,7 @@ Layouts accepted (output equal to the naive reading of the target layout unless 
 - dp/mp device matrices of any order, size-1 axes, 3- and 6-device stages; any pair of stage device
   counts where one divides the other (3 -> 6, 6 -> 2, 8 -> 1, full -> 3 ...).
 - Optimizer sharding: opt_weight_shard_size -1 or k, with the step MindSpore's training writes
-  (`layouts.opt_shard_fields`), on either side.
+  (`mpitrans.fixtures.layouts.opt_shard_fields`), on either side.
 - Multi-axis tensor maps (several TensorMap messages; one dimension split by several device axes,
   most significant axis first), with or without optimizer sharding.
 - Pipeline source (merged strategy), pipeline target (merged strategy), both, different stage counts,
@@ -78,7 +78,7 @@ Rejected (error, no output; training can produce all of these but the first)
   M to N", even when every parameter is replicated.
 - Optimizer sharding that needs part of a replica axis not divisible by it, e.g. size 2 over replica
   axes (2, 3): "dev_matrix value 3 at dim 1 cannot be divided by needed opt sharding size 2"
-  (`layouts.opt_shard_transformable` restates the rule).
+  (`mpitrans.fixtures.layouts.opt_shard_transformable` restates the rule).
 - Pipeline target with ONE device per stage from a sharded source: `rank_list_for_transform` uses the
   global rank as the local one, so either "The checkpoint of rank 0 is missing." or the C++ error
   "Rank 2 is not in the current stage!" (works from a full source, or by luck when the list happens to
@@ -382,7 +382,7 @@ def write_layout_strategy(path_or_dir: str | os.PathLike[str], layout: LayoutSpe
     """
     import mindspore as ms
 
-    from tests.support.strategies import write_pipeline_stage_files, write_strategy_file
+    from mpitrans.fixtures.strategies import write_pipeline_stage_files, write_strategy_file
 
     specs = [{n: lay.to_strategy_spec() for n, lay in st} for st in layout.stages]
     ext = ".ckpt" if fmt == "pb" else ".json"

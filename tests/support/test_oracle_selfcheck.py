@@ -17,18 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpitrans.fixtures.layouts import LayoutEntry, opt_shard_transformable
 from tests.support import oracle
 from tests.support.layouts import (
     DTYPES,
     EXTRA_NAMES,
     Case,
     LayoutSpec,
-    ParamLayout,
     ParamSpec,
     catalog,
     dp_mp,
     mindspore_misplaces,
-    opt_shard_transformable,
     random_case,
     rejected_catalog,
 )
@@ -74,7 +73,7 @@ def coords(rank: int, dev_matrix: tuple[int, ...]) -> list[int]:
     return out[::-1]
 
 
-def naive_slice(full: np.ndarray, lay: ParamLayout, rank: int) -> np.ndarray:
+def naive_slice(full: np.ndarray, lay: LayoutEntry, rank: int) -> np.ndarray:
     dm = lay.dev_matrix
     c = coords(rank, dm)
     box = []
@@ -100,7 +99,7 @@ def out_rank(rel: str) -> int:
     return int(rel.split("/")[0].removeprefix("rank_"))
 
 
-def target_layouts(case: Case, rank: int) -> dict[str, ParamLayout] | None:
+def target_layouts(case: Case, rank: int) -> dict[str, LayoutEntry] | None:
     if case.dst is None:
         return None
     return case.dst.stage_layouts(rank // case.dst.stage_device_num) if case.src_stage is None \
@@ -421,9 +420,9 @@ def test_layout_helpers() -> None:
     lay = dp_mp(2, 2, params, opt_shard=True)
     assert lay.names() == {"w", "adam_m.w"} and lay.stage_device_num == 4
     w = lay.stage_layouts(0)["w"]
-    assert w == ParamLayout((2, 2), (0, -1), 2, -1) == lay.stage_layouts(0)["adam_m.w"]
+    assert w == LayoutEntry((2, 2), (0, -1), 2, -1) == lay.stage_layouts(0)["adam_m.w"]
     with pytest.raises(ValueError):
-        LayoutSpec.single({"w": ParamLayout((2, 2), (0, -1)), "v": ParamLayout((8,), (0,))})
+        LayoutSpec.single({"w": LayoutEntry((2, 2), (0, -1)), "v": LayoutEntry((8,), (0,))})
     with pytest.raises(ValueError):
         ParamSpec("a-b", (1,))
     assert opt_shard_transformable((3, 2), (-1, 0), 2, 3)

@@ -8,9 +8,10 @@ from math import prod
 import pytest
 
 from mpitrans.errors import LayoutError
+from mpitrans.fixtures.layouts import to_mindspore_list
+from mpitrans.fixtures.random_layouts import random_layout
 from mpitrans.plan.layout import flatten_layout, resolved_opt_shard_size, tensor_strategy
 from mpitrans.plan.needed_ranks import needed_source_ranks
-from tests.support.random_layouts import random_layout, to_mindspore_list
 
 ms_serial = pytest.importorskip("mindspore.parallel._parallel_serialization")
 
@@ -28,8 +29,8 @@ def test_needed_ranks_match_mindspore(seed):
     compared = 0
     for _ in range(80):
         ndim = rng.choice([1, 2, 3])
-        src = random_layout(rng, ndim)
-        dst = random_layout(rng, ndim) if rng.random() < 0.85 else None
+        src = random_layout(rng, ndim).to_param_layout()
+        dst = random_layout(rng, ndim).to_param_layout() if rng.random() < 0.85 else None
         n_src, n_dst = prod(src.dev_matrix), prod(dst.dev_matrix) if dst else 1
         if max(n_src, n_dst) % min(n_src, n_dst):
             continue
