@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 
 from mpitrans import strategy
@@ -48,6 +49,7 @@ class Job:
     plans: dict[int, TargetPlan]  # only the targets this process writes
     placement: dict[int, int]  # every target -> the process that writes it
     sources: SourceMetadata | None = None  # exported indexes: held, and fetched on demand
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: index, metadata, plan
     stems: dict[int, str] = field(default_factory=dict)  # every target -> its file name without suffix
 
     @property
@@ -154,7 +156,10 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     needed = {g for blob in t.allgather_bytes(json.dumps(sorted(needed_here)).encode()) for g in json.loads(blob)}
     probes = probe_ranks(source_scope(src, dst, prefix), inv.seers)
     to_index = sorted(set(files_to_index(needed, inv.seers)) | probes)
+    clock = time.perf_counter()
     sources = index_sources(t, inv, to_index)
+    timings = {"index": time.perf_counter() - clock}
+    clock = time.perf_counter()
     # Rank 0 checks the whole source (each distinct structure once); every process checks what it plans
     # with: its targets' files and their structural twins (replicas, more files to read from).
     known = set(sources.hashes) if t.rank == 0 else sources.twins(needed_here)
@@ -165,6 +170,9 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     if strict:
         agree(t, lambda: check_models_match(src, dst, metas) if t.rank == 0 else None)
 
+    timings["metadata"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+
     def make_plans() -> dict[int, TargetPlan]:
         planner = Planner(src, dst, metas, prefix, setup.select.param_filter)
         plans = plan_targets(planner, mine, needed, inv.seers, setup.src_checkpoint)
@@ -172,5 +180,7 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
         return plans
 
     plans = agree(t, make_plans)
+    timings["plan"] = time.perf_counter() - clock
     stems = {tr: setup.stem(tr) for tr in setup.targets}
-    return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, needed, metas, plans, where, sources, stems)
+    return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, needed, metas, plans, where, sources=sources,
+               stems=stems, timings=timings)

@@ -10,6 +10,7 @@ one round is read from disk once.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class Rounds:
     progress: Progress | None = None
 
     def run(self) -> None:
+        clock = time.perf_counter()
         asks = exchange_asks(self.t, self.chunks)
         reading = {p.src_rank for c in self.chunks for p in c.pieces if p.reader == self.t.rank}
         reading |= {a.src_rank for by_writer in asks.values() for pieces in by_writer.values() for a in pieces}
@@ -73,6 +75,7 @@ class Rounds:
         rounds = max((len(s) for s in sizes), default=0)
         if self.progress is not None:
             self.progress.total = max(sum(sum(s) for s in sizes), 1)
+        clock = self.stats.lap("exchange", clock)
         for k in range(rounds):
             own = self.chunks[k] if k < len(self.chunks) else None
             self._round(own, asks.get(k, {}))
@@ -81,6 +84,7 @@ class Rounds:
             round_delay()
         if self.progress is not None:
             self.progress.update(sum(sum(s) for s in sizes), final=True)
+        self.stats.lap("bytes", clock)
 
     def _round(self, own: Chunk | None, serve: Mapping[int, list[Ask]]) -> None:
         buf = self.sink.take_buffer(own.nbytes) if own is not None and self.sink is not None else None
@@ -184,7 +188,9 @@ def execute(t: Transport, moves: Moves, path_of: Callable[[TargetPlan], str], ma
     """Move the planned bytes and write this process's targets: collective over `t`; a failure here must
     end the job (peers wait). Returns what this process wrote: target -> (path, size, CRC-32C)."""
     chunk_bytes = chunk_size(max_buffer, t.size)
+    clock = time.perf_counter()
     chunks = my_chunks(t, moves, chunk_bytes)
+    stats.lap("exchange", clock)
     mine = [moves.plans[tr] for tr in sorted(moves.plans)]
     writer = DiskWriter(mine, path_of, chunk_bytes, t.rank) if mine else None
     if writer is not None:

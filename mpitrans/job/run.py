@@ -125,11 +125,14 @@ class _Run:
     def go(self, placement: Placement | None) -> Summary:
         t, o = self.t, self.opts
         setup = start(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.selection())
+        self.stats.lap("strategies", self.start)
         agree(t, lambda: check_world_size(o.world_size, setup.targets))
         if placement is None:
             placement = rank_table_placement(t, o.rank_table) if o.rank_table else round_robin_placement
         self.where = agree(t, lambda: placement(setup.targets, t.size))
         self.job = plan_job(setup, self.where, o.strict)
+        self.stats.phases.update({k: round(v, 4) for k, v in self.job.timings.items()})
+        clock = time.perf_counter()
         agree(t, lambda: check_destination(o.dst_checkpoint, o.src_checkpoint, self.job.visible))
         self.used = {tr: sources_of(p) for tr, p in self.job.plans.items()}
         wanted = {g for blob in t.allgather_bytes(json.dumps(sorted({g for gs in self.used.values() for g in gs}))
@@ -142,6 +145,7 @@ class _Run:
         agree(t, lambda: lock.acquire() if self.writes_here else None)
         if lock.stale:
             log.warning("took over the lock of an earlier mpitrans job that is no longer running (%s)", lock.stale)
+        self.stats.lap("checks", clock)
         try:
             summary = self._locked()
         finally:
@@ -183,10 +187,12 @@ class _Run:
         moves = Moves(todo, self.job.seers, self.job.visible, self.job.metas, self.job.file_ids, self.job.sources)
         written = execute(t, moves, self.path_of, self.opts.max_buffer, self.stats, self._record_progress,
                           self.opts.show_progress)
-        self.stats.seconds = time.perf_counter() - self.start
+        clock = time.perf_counter()
         mine = {tr: self._entry(tr, size, crc) for tr, (_, size, crc) in written.items()}
         mine.update({int(k): v for k, v in kept_here.items()})
         self._write_manifest(mine)
+        self.stats.lap("finish", clock)
+        self.stats.seconds = time.perf_counter() - self.start
         return self._summary()
 
     def _keep_finished(self) -> dict[int, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 
@@ -17,6 +18,15 @@ class RankStats:
     seconds: float = 0.0
     # [source rank, sending MPI rank] pairs whose bytes reached this rank over MPI, not from its disk.
     received_from: list[list[int]] = field(default_factory=list)
+    # Seconds per phase: strategies (read, broadcast, inventory), index, metadata (fetch, checks), plan,
+    # exchange (reader decisions, asks, index hand-over), bytes (the rounds), finish (manifest).
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, phase: str, since: float) -> float:
+        """Add the time since `since` to `phase`; returns now, for the next lap."""
+        now = time.perf_counter()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - since, 4)
+        return now
 
 
 @dataclass
