@@ -122,3 +122,41 @@ def test_differential_cases_under_mpirun(built, tmp_path, nprocs):
         (tmp_path / name / "mpitrans_manifest.json").unlink()  # ours; MindSpore writes none
         assert_same_tree(built[name].expected_dir, tmp_path / name)
         shutil.rmtree(tmp_path / name)
+
+
+_SCALE_PROBE = """
+import json, sys
+from mpi4py import MPI
+from mpitrans.job.prepare import plan_job, start
+from mpitrans.job.transport import make_transport
+src, src_strategy, dst_strategy, out = sys.argv[1:5]
+t = make_transport(MPI.COMM_WORLD)
+setup = start(t, src, src_strategy, dst_strategy, "checkpoint_")
+last = (setup.shape_only.dst_stages - 1) * setup.shape_only.dst_stage_devices
+where = {tr: (1 if tr >= last else 0) for tr in setup.targets}
+job = plan_job(setup, where)
+with open(f"{out}.{t.rank}", "w") as f:
+    json.dump({"plans": sorted(job.plans), "metas": sorted(job.metas), "held": len(job.sources.blobs),
+               "indexed": sorted(job.sources.hashes), "last": last,
+               "src_last": (setup.shape_only.src_stages - 1) * setup.shape_only.src_stage_devices}, f)
+"""
+
+
+@pytest.mark.mpi
+def test_a_process_plans_only_its_targets_and_gets_only_their_metadata(built, tmp_path):
+    """pp2 -> pp3: the process writing the last stage's targets plans those alone and holds metadata of the
+    last source stage's files only (rank 0, which checks the whole source, gets every structure)."""
+    files = built["pp2_to_pp3"]
+    src, dst = _our_args(files)
+    script = tmp_path / "probe.py"
+    script.write_text(_SCALE_PROBE)
+    proc = mpirun_script(2, [str(script), str(files.src_dir), src, dst, str(tmp_path / "seen")], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen.{r}").read_text()) for r in range(2)]
+    targets = sorted(seen[0]["plans"] + seen[1]["plans"])
+    last, src_last = seen[1]["last"], seen[1]["src_last"]
+    assert targets == list(range(len(targets))) and 0 < last < len(targets)
+    assert seen[1]["plans"] == targets[last:], "rank 1 planned targets it does not write"
+    assert seen[0]["plans"] == targets[:last]
+    assert seen[1]["metas"] and all(g >= src_last for g in seen[1]["metas"]), seen[1]["metas"]
+    assert set(seen[1]["metas"]) < set(seen[0]["metas"]) == set(seen[0]["indexed"])
