@@ -15,6 +15,7 @@ it never does while it is blocked inside MPI. So while a job runs:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -89,6 +90,9 @@ class JobGuard:
         if not self._active:
             return
         self._done.set()
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._pipe[1], b"\0")  # wake the watcher now rather than at its next poll
         if self._thread is not None:
             self._thread.join(timeout=2 * self.poll + 1)
         signal.set_wakeup_fd(self._old_fd)
