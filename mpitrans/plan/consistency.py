@@ -31,12 +31,13 @@ be read as a replica.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mpitrans.errors import MpitransError
 from mpitrans.metadata import TensorMeta
+from mpitrans.plan.catalog import per_list
 from mpitrans.plan.layout import origin_shape, resolved_opt_shard_size, tensor_strategy
 from mpitrans.plan.planner import Planner
 from mpitrans.storage.discover import rank_span
@@ -184,10 +185,10 @@ def check_sources(src: StrategyFile | None, dst: StrategyFile | None, metas: Map
     visible = sorted(set(visible))
     _check_strategies_given(src, dst, visible, src_checkpoint)
     scope = source_scope(src, dst, prefix)
-    names = {g: {m.name for m in ms} for g, ms in metas.items()}
+    names = per_list(metas, lambda ms: {m.name for m in ms})
     _check_device_count(src, scope, visible, names, paths, src_checkpoint)
-    scoped = {g: list(ms) for g, ms in sorted(metas.items()) if g in scope}
-    files = {g: {m.name: m for m in ms} for g, ms in scoped.items()}
+    scoped = per_list({g: ms for g, ms in sorted(metas.items()) if g in scope}, list)
+    files = per_list(scoped, lambda ms: {m.name: m for m in ms})
     lmap = layout_map(src) if src is not None else {}
     stage_maps = layout_maps_by_stage(src) if src is not None and not scope.by_stage else {}
     n = scope.stage_devices
@@ -201,6 +202,8 @@ def check_sources(src: StrategyFile | None, dst: StrategyFile | None, metas: Map
             return lmap.get(name)
         return stage_maps.get(stage_of(g), {}).get(name)
 
+    if _consistent_by_class(lmap, files, scope, stage_of, layout_for, src is not None):
+        return scoped
     holders: dict[str, list[int]] = {}
     for g, by_name in files.items():
         for name in by_name:
@@ -211,6 +214,41 @@ def check_sources(src: StrategyFile | None, dst: StrategyFile | None, metas: Map
     if src is not None:
         _check_copied(lmap, files, holders, paths, scope)
     return scoped
+
+
+def _consistent_by_class(lmap, files, scope: Scope, stage_of, layout_for, copies: bool) -> bool:
+    """True when none of the checks below can fail, judged once per class of files (one name index, one
+    pipeline stage) instead of once per file; False sends the sources through the checks themselves,
+    which name the first problem exactly."""
+    classes: dict[tuple[int, int], tuple[int, dict[str, TensorMeta]]] = {}  # -> (a rank of it, its index)
+    by_local: dict[int, dict[int, dict[str, TensorMeta]]] = defaultdict(dict)
+    for g, by_name in files.items():
+        classes.setdefault((id(by_name), stage_of(g)), (g, by_name))
+        by_local[g % scope.stage_devices][id(by_name)] = by_name
+    held = set().union(*(by_name for _, by_name in classes.values()))
+    for name, layout in lmap.items():
+        if name in held and any(name not in by_name and (scope.by_stage or stage in layout.stages)
+                                for (_, stage), (_, by_name) in classes.items()):
+            return False
+    for name in held:
+        dtypes, implied = set(), set()
+        for g, by_name in classes.values():
+            meta = by_name.get(name)
+            if meta is None:
+                continue
+            dtypes.add(meta.dtype)
+            layout = layout_for(g, name) if name in lmap else None
+            if name not in lmap:
+                implied.add(meta.shape)
+            elif layout is not None and _even(layout):
+                if len(meta.shape) != len(layout.tensor_map):
+                    return False
+                implied.add(origin_shape(meta.shape, layout))
+        if len(dtypes) > 1 or len(implied) > 1:
+            return False
+    copied = [name for name in held if name not in lmap] if copies else []
+    return all(not by_local.get(local) or any(name in d for d in by_local[local].values())
+               for name in copied for local in scope.copy_locals)
 
 
 def _check_presence(lmap, files, holders, paths, scope: Scope, stage_of) -> None:

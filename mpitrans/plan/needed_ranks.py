@@ -19,11 +19,13 @@ returns exactly MindSpore's list, and so outputs that depend on which files Mind
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from math import prod
 
-from mpitrans.errors import LayoutError
-from mpitrans.plan.layout import FlatLayout, rank_coordinate
+from mpitrans.errors import LayoutError, StrategyError
+from mpitrans.plan.layout import FlatLayout, flatten_layout, rank_coordinate, resolved_opt_shard_size, tensor_strategy
+from mpitrans.strategy.model import ParamLayout
 
 
 def _suffix_cuts(sizes: Sequence[int]) -> list[int]:
@@ -157,3 +159,85 @@ def needed_source_ranks(local_rank: int, src: FlatLayout, dst: FlatLayout) -> se
     for options in choices:
         ranks = {r + o for r in ranks for o in options}
     return {r % src.device_num for r in ranks if r < n}
+
+
+def device_count(lmap: Mapping[str, ParamLayout] | None) -> int:
+    """Devices per pipeline stage of a layout map (its first parameter's device matrix); 1 without one."""
+    if not lmap:
+        return 1
+    first = next(iter(lmap.values()))
+    if not first.dev_matrix:
+        raise StrategyError("a strategy holding only pipeline parallelism (empty device matrix) is not supported")
+    return prod(first.dev_matrix)
+
+
+@dataclass(frozen=True)
+class RankListBasis:
+    """What MindSpore's rank list depends on besides the target rank, worked out once per pair of layout
+    maps: a planner asks for every target's list, and re-deriving this for each costs a walk over every
+    parameter where a few distinct layout pairs matter."""
+
+    src_devices: int
+    dst_devices: int
+    stages: tuple[int, ...]  # source pipeline stages, in MindSpore's order
+    # (parameter, source flat, target flat) on MindSpore's made-up probe shape, one per distinct layout pair
+    probes: tuple[tuple[str, FlatLayout, FlatLayout], ...]
+    error: str | None = None  # the next pair's layout error, raised once the probes before it are used
+
+
+def _probe_shape(layout: ParamLayout, to: ParamLayout | None) -> list[int]:
+    """Like MindSpore, a made-up shape that every split divides: membership depends only on axes."""
+    n_from = prod(layout.dev_matrix)
+    n_to = prod(to.dev_matrix) if to is not None else 1
+    probe = [max(n_from, n_to)] * len(layout.tensor_map)
+    split = tensor_strategy(layout.dev_matrix, layout.tensor_map)
+    opt = resolved_opt_shard_size(layout)
+    return [p * split[i] * (opt if i == 0 and opt > 0 else 1) for i, p in enumerate(probe)]
+
+
+def rank_list_basis(src_map: Mapping[str, ParamLayout], dst_map: Mapping[str, ParamLayout] | None,
+                    source: str = "") -> RankListBasis:
+    """The rank-independent part of `rank_list_for_transform` for these (rank-cut) layout maps."""
+    if not src_map:
+        raise StrategyError(f"the source strategy {source or ''} is empty".replace("  ", " "))
+    src_devices = device_count(src_map)
+    dst_devices = device_count(dst_map) if dst_map is not None else 1
+    probes: list[tuple[str, FlatLayout, FlatLayout]] = []
+    error = None
+    handled = set()
+    for name, layout in src_map.items():
+        if dst_map is not None and name not in dst_map:
+            continue
+        to = dst_map.get(name) if dst_map is not None else None
+        key = (layout.dev_matrix, layout.tensor_map, layout.opt_shard_step, layout.opt_shard_size,
+               None if to is None else (to.dev_matrix, to.tensor_map, to.opt_shard_step, to.opt_shard_size))
+        if key in handled:
+            continue
+        handled.add(key)
+        try:
+            shape = _probe_shape(layout, to)
+            probes.append((name, flatten_layout(layout, shape), flatten_layout(to, shape)))
+        except LayoutError as exc:
+            error = f"parameter {name!r}: {exc}"
+            break
+    stages: list[int] = []
+    for layout in src_map.values():
+        for s in layout.stages:
+            if s not in stages:
+                stages.append(s)
+    return RankListBasis(src_devices, dst_devices, tuple(stages), tuple(probes), error)
+
+
+def rank_list_from(rank: int, basis: RankListBasis) -> list[int]:
+    """MindSpore's rank list for target `rank` (global), highest rank first."""
+    local = rank % basis.dst_devices if basis.dst_devices > 1 else rank
+    needed_local: set[int] = set()
+    for name, src_flat, dst_flat in basis.probes:
+        try:
+            needed_local |= needed_source_ranks(local, src_flat, dst_flat)
+        except LayoutError as exc:
+            raise LayoutError(f"parameter {name!r}: {exc}") from None
+    if basis.error is not None:
+        raise LayoutError(basis.error)
+    out = {s * basis.src_devices + r for s in basis.stages for r in needed_local}
+    return sorted(out, reverse=True)

@@ -6,29 +6,37 @@ which parameters a target keeps, their order in the file, which source rank a pa
 the strategy is copied from, and the `_part` naming of a single-stage source. Where MindSpore has a free
 choice that does not change bytes (which data-parallel replica to read), the plan keeps every candidate
 so the engine can pick the cheapest reader.
+
+Planning one target costs what that target holds, not what the cluster holds: the source shards a
+target box overlaps are found per dimension (`overlap`), never by visiting every source rank; parameters
+with the same shard shape and layouts share one region template, and parameters held by the same files
+share their candidates (`catalog`), so an 80-layer model is a few dozen geometry computations; the
+layout maps MindSpore cuts per rank, and the rank-independent part of its rank list, are computed once
+per target stage.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import count
 from math import prod
 
 from mpitrans.errors import LayoutError, MissingShardError, StrategyError
 from mpitrans.metadata import TensorMeta
+from mpitrans.plan.catalog import LoadOrder, SourceCatalog, distinct_lists, per_list
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter
 from mpitrans.plan.layout import (
     Box,
     box_shape,
     device_box,
     flatten_layout,
-    intersect,
     origin_shape,
     relative,
-    resolved_opt_shard_size,
     tensor_strategy,
 )
-from mpitrans.plan.needed_ranks import needed_source_ranks
+from mpitrans.plan.needed_ranks import RankListBasis, device_count, rank_list_basis, rank_list_from
+from mpitrans.plan.overlap import overlapping_shards
 from mpitrans.storage.discover import rank_span
 from mpitrans.strategy.layout_map import layout_map, pipeline_stage_num, src_dst_layout_maps
 from mpitrans.strategy.model import ParamLayout, StrategyFile
@@ -36,6 +44,8 @@ from mpitrans.strategy.model import ParamLayout, StrategyFile
 # MindSpore skips these optimizer-state prefixes when deciding whether a source strategy covers only one
 # pipeline stage of the target model.
 _OPTIMIZER_PREFIXES = ("accu_grads", "adam_v", "adam_m")
+# How many target local ranks keep their region templates (a process usually plans one or a few).
+_TEMPLATE_LOCALS = 8
 
 
 @dataclass(frozen=True)
@@ -62,17 +72,47 @@ class TargetPlan:
     tensors: list[OutTensor] = field(default_factory=list)
 
 
-def _local_src_groups(flat, nranks: int, target_box: Box) -> list[tuple[Box, Box, list[int]]]:
-    """Group source local ranks by the box they hold; keep groups overlapping the target box."""
-    groups: dict[Box, list[int]] = {}
-    for r in range(nranks):
-        groups.setdefault(device_box(flat, r), []).append(r)
-    out = []
-    for box, members in groups.items():
-        common = intersect(box, target_box)
-        if common is not None:
-            out.append((box, common, members))
-    return out
+@dataclass(frozen=True)
+class _Template:
+    """The geometry of one class of parameters in one target: same shard shape, same source and target
+    layouts, hence the same boxes and the same source shards (an 80-layer model has a few dozen)."""
+
+    key: int
+    shape: tuple[int, ...]  # the target tensor's shape
+    stages: tuple[int, ...]  # source pipeline stages holding the parameter (to name missing files)
+    # (box in the target, box in each holding shard, local source ranks holding it, lowest first)
+    pieces: tuple[tuple[Box, Box, tuple[int, ...]], ...]
+
+
+@dataclass
+class _Target:
+    """What planning one target needs besides the planner itself."""
+
+    rank: int
+    local: int  # rank within its stage (by-stage plans: the rank itself)
+    loaded: LoadOrder
+    src_map: dict[str, ParamLayout] | None
+    dst_map: dict[str, ParamLayout] | None
+    # (template key, holder class) -> (regions, file supplying the dtype): names of one class share them
+    regions: dict[tuple[int, int], tuple[tuple[Region, ...], int | None]] = field(default_factory=dict)
+
+
+def _geometry(key: int, name: str, local: int, shard_shape: tuple[int, ...], src_layout: ParamLayout | None,
+              dst_layout: ParamLayout | None) -> _Template:
+    """Compute a template; `name` only labels errors (the first parameter of the class met)."""
+    full_shape = origin_shape(shard_shape, src_layout)
+    for side, layout in (("source", src_layout), ("destination", dst_layout)):
+        _check_supported(name, side, layout, full_shape)
+    try:
+        src_flat = flatten_layout(src_layout, full_shape)
+        dst_flat = flatten_layout(dst_layout, full_shape)
+    except LayoutError as exc:
+        raise LayoutError(f"parameter {name!r}: {exc}") from None
+    target_box = device_box(dst_flat, local)
+    pieces = tuple((relative(common, target_box), relative(common, box), tuple(members))
+                   for box, common, members in overlapping_shards(src_flat, target_box))
+    stages = src_layout.stages if src_layout is not None else (0,)
+    return _Template(key, box_shape(target_box), stages, pieces)
 
 
 def _stage_layouts(strategy: StrategyFile) -> dict[tuple[int, str], tuple]:
@@ -89,21 +129,14 @@ def _stage_layouts(strategy: StrategyFile) -> dict[tuple[int, str], tuple]:
     return out
 
 
-def _device_count(lmap: Mapping[str, ParamLayout] | None) -> int:
-    if not lmap:
-        return 1
-    first = next(iter(lmap.values()))
-    if not first.dev_matrix:
-        raise StrategyError("a strategy holding only pipeline parallelism (empty device matrix) is not supported")
-    return prod(first.dev_matrix)
-
-
-def _filtered(metas: Mapping[int, Sequence[TensorMeta]], keep: ParamFilter) -> dict[int, list[TensorMeta]]:
-    """The source parameter lists without what the filters drop: nothing of them is planned, read or sent."""
+def _filtered(metas: Mapping[int, Sequence[TensorMeta]], keep: ParamFilter) -> Mapping[int, Sequence[TensorMeta]]:
+    """The source parameter lists without what the filters drop: nothing of them is planned, read or sent.
+    Files sharing one list share its filtered copy (see `catalog`)."""
     if not keep.active:
-        return {r: list(m) for r, m in metas.items()}
-    kept = set(keep.apply(dict.fromkeys(t.name for m in metas.values() for t in m)))
-    return {r: [t for t in m if t.name in kept] for r, m in metas.items()}
+        return metas
+    names = dict.fromkeys(t.name for m in distinct_lists(metas) for t in m)
+    kept = set(keep.apply(names))
+    return per_list(metas, lambda m: [t for t in m if t.name in kept])
 
 
 def _not_in_local_stage(name: str, origin: Mapping | None, current: Mapping | None) -> bool:
@@ -125,16 +158,25 @@ class Planner:
     ) -> None:
         self.src, self.dst, self.prefix = src, dst, prefix
         self.param_filter = param_filter
-        self.metas = _filtered(metas, param_filter)
-        self._by_name = {r: {t.name: t for t in m} for r, m in self.metas.items()}
         self.origin_src = layout_map(src) if src is not None else None
         self.origin_dst = layout_map(dst) if dst is not None else None
-        self.src_stage_devices = _device_count(self.origin_src)
-        self.dst_stage_devices = _device_count(self.origin_dst)
+        self.src_stage_devices = device_count(self.origin_src)
+        self.dst_stage_devices = device_count(self.origin_dst)
         self.src_stages = pipeline_stage_num(src) if src is not None else 1
         self.dst_stages = pipeline_stage_num(dst) if dst is not None else 1
         self.by_stage = self._is_single_stage_source()
-        self._stage_layout = _stage_layouts(src) if src is not None else {}
+        stage_layout = _stage_layouts(src) if src is not None else {}
+        self.catalog = SourceCatalog(_filtered(metas, param_filter), self.src_stage_devices, stage_layout)
+        self.metas = self.catalog.metas
+        # Region templates by target local rank, then by (shard shape, source layout, target layout); kept
+        # for the last few local ranks only, so a process planning many targets stays small.
+        self._templates: dict[int, dict[tuple, _Template]] = {}
+        self._template_keys = count()
+        # Rank-cut layout maps and rank-list bases, by `_rank_key`.
+        self._dst_device_counts = sorted({prod(raw.dev_matrix_messages()[0]) for _, raw in dst.layouts
+                                          if raw.dev_matrix_messages()}) if dst is not None else []
+        self._layout_maps: dict[tuple[int, ...], tuple] = {}
+        self._bases: dict[tuple[int, ...], RankListBasis] = {}
 
     # -- which targets exist -------------------------------------------------------------------------
 
@@ -162,12 +204,32 @@ class Planner:
         """MindSpore's `rank_list_for_transform(rank, src, dst)`; where MindSpore cannot transform at all
         (device counts that do not divide each other, e.g. 3 -> 2), every source rank, highest first:
         mpitrans reshards those exactly, as MindSpore would through a full checkpoint."""
+        if self.src is None:
+            return [0]
+        key = self._rank_key(rank)
+        basis = self._bases.get(key)
         try:
-            return rank_list_for_strategies(rank, self.src, self.dst)
+            if basis is None:
+                src_map, dst_map = self._maps(rank)
+                basis = self._bases[key] = rank_list_basis(src_map, dst_map, self.src.source)
+            return rank_list_from(rank, basis)
         except LayoutError:
             # Real shapes are checked when the tensors are planned; here only the list is unavailable.
             n = self.src_stage_devices * self.src_stages
             return list(range(n - 1, -1, -1))
+
+    def _rank_key(self, rank: int) -> tuple[int, ...]:
+        """What the destination's rank-cut layout maps depend on: `rank // n` for each device count n of
+        its layouts (which stage the rank is in, and whether it is in the first)."""
+        return tuple(rank // n if n else 0 for n in self._dst_device_counts)
+
+    def _maps(self, rank: int) -> tuple[dict[str, ParamLayout] | None, dict[str, ParamLayout] | None]:
+        """`src_dst_layout_maps(rank, src, dst)`, computed once per destination stage (read-only)."""
+        key = self._rank_key(rank)
+        maps = self._layout_maps.get(key)
+        if maps is None:
+            maps = self._layout_maps[key] = src_dst_layout_maps(rank, self.src, self.dst)
+        return maps
 
     # -- plan ----------------------------------------------------------------------------------------
 
@@ -188,33 +250,24 @@ class Planner:
                 # rather than that no parameter matches the strategies.
                 raise MissingShardError(f"none of the source checkpoints it is built from ({rank_span(needed)}) "
                                         f"was found")
-        src_map, dst_map = src_dst_layout_maps(rank, self.src, self.dst)
+        src_map, dst_map = self._maps(rank)
         # Parameter order and which file supplies each (name, local rank): MindSpore loads the needed
         # files from the highest rank down, so the first appearance fixes the order and the lowest rank
         # holding a name wins.
-        order: list[str] = []
-        seen: set[str] = set()
-        first_shape: dict[str, tuple[int, ...]] = {}
-        chosen: dict[tuple[str, int], int] = {}
-        first_local: dict[str, int] = {}
-        for g in needed:
-            for meta in self.metas.get(g, ()):
-                if meta.name not in seen:
-                    seen.add(meta.name)
-                    order.append(meta.name)
-                    first_local[meta.name] = g % self.src_stage_devices
-                chosen[(meta.name, g % self.src_stage_devices)] = g
+        loaded = LoadOrder(self.catalog, needed)
+        first = loaded.first_seen(needed)
         # MindSpore infers the full shape from the shard stored under the first local rank it saw, whose
         # value the lowest rank loaded later overwrote: take the shape from that file.
-        for name, loc in first_local.items():
-            first_shape[name] = self._by_name[chosen[(name, loc)]][name].shape
+        by_name = self.catalog.by_name
+        sd = self.src_stage_devices
+        first_shape = {n: by_name[loaded.chosen(n, g % sd)][n].shape for n, g in first.items()}
         order = [
-            n for n in order
+            n for n in first
             if not (_not_in_local_stage(n, self.origin_src, src_map)
                     and _not_in_local_stage(n, self.origin_dst, dst_map))
         ]
-        local = rank % self.dst_stage_devices
-        return self._build(rank, local, order, first_shape, chosen, src_map, dst_map)
+        target = _Target(rank, rank % self.dst_stage_devices, loaded, src_map, dst_map)
+        return self._build(target, order, first_shape)
 
     def _plan_by_stage(self, rank: int) -> TargetPlan:
         """One stage's source strategy against the whole target model: MindSpore loads that stage's files
@@ -223,34 +276,17 @@ class Planner:
         start = stage * self.src_stage_devices
         src_map = dict(self.origin_src)
         dst_map = {k: v for k, v in self.origin_dst.items() if k in src_map}
-        order: list[str] = []
-        first_shape: dict[str, tuple[int, ...]] = {}
-        chosen: dict[tuple[str, int], int] = {}
-        for g in range(start, start + self.src_stage_devices):
-            for meta in self.metas.get(g, ()):
-                if meta.name not in first_shape:
-                    order.append(meta.name)
-                    first_shape[meta.name] = meta.shape
-                chosen[(meta.name, g % self.src_stage_devices)] = g
-        return self._build(rank, rank, order, first_shape, chosen, src_map, dst_map)
+        files = range(start, start + self.src_stage_devices)
+        loaded = LoadOrder(self.catalog, files)
+        first = loaded.first_seen(files)
+        by_name = self.catalog.by_name
+        first_shape = {n: by_name[g][n].shape for n, g in first.items()}
+        target = _Target(rank, rank, loaded, src_map, dst_map)
+        return self._build(target, list(first), first_shape)
 
-    def _candidates(self, name: str, local: int, preferred: int | None) -> tuple[int, ...]:
-        """Global source ranks whose file holds `name` as local rank `local`, MindSpore's choice first.
-
-        A parameter shared by pipeline stages may be laid out differently in each; only stages whose
-        layout equals the preferred file's stage layout hold the same bytes."""
-        out = [preferred] if preferred is not None else []
-        want = self._stage_layout.get((preferred // self.src_stage_devices, name)) if preferred is not None else None
-        for g in sorted(self.metas):
-            if g % self.src_stage_devices != local or g == preferred or name not in self._by_name[g]:
-                continue
-            if want is not None and self._stage_layout.get((g // self.src_stage_devices, name)) != want:
-                continue
-            out.append(g)
-        return tuple(out)
-
-    def _build(self, rank, local, order, first_shape, chosen, src_map, dst_map) -> TargetPlan:
-        plan = TargetPlan(rank, self.stem(rank))
+    def _build(self, target: _Target, order: Sequence[str], first_shape: Mapping[str, tuple[int, ...]]) -> TargetPlan:
+        src_map, dst_map = target.src_map, target.dst_map
+        plan = TargetPlan(target.rank, self.stem(target.rank))
         deferred: list[str] = []
         device_num = -1
         for name in order:
@@ -259,62 +295,84 @@ class Planner:
                 continue
             src_layout = src_map.get(name) if src_map is not None else None
             dst_layout = dst_map.get(name) if dst_map is not None else None
-            plan.tensors.append(self._transform(name, local, first_shape[name], src_layout, dst_layout, chosen))
+            plan.tensors.append(self._transform(name, first_shape[name], src_layout, dst_layout, target))
             device_num = prod(src_layout.dev_matrix) if src_layout is not None else 1
         if device_num < 1:
             raise StrategyError(
                 "none of the parameters in the source checkpoints appear in the source or destination strategy; "
                 "check that the strategy files belong to this model"
             )
-        for name in deferred:
-            src_local = local % device_num
-            g = chosen.get((name, src_local))
-            cands = self._candidates(name, src_local, g)
-            holders = [r for r in sorted(self._by_name) if name in self._by_name[r]]
-            if not cands:
-                # MindSpore copies it from source rank `src_local`, whose file nobody indexed: name that
-                # file (the engine reports it as missing), taking dtype and shape from another copy.
-                cands = (src_local,)
-            if not holders:
-                raise MissingShardError(f"parameter {name!r} of target rank {rank}: no source checkpoint holds it")
-            meta = self._by_name[cands[0] if cands[0] in self._by_name else holders[0]][name]
-            full = tuple((0, s) for s in meta.shape)
-            plan.tensors.append(OutTensor(name, meta.dtype, meta.shape, (Region(full, full, cands),)))
+        plan.tensors.extend(self._copied(name, target, device_num) for name in deferred)
         return plan
 
-    def _transform(self, name, local, shard_shape, src_layout, dst_layout, chosen) -> OutTensor:
-        full_shape = origin_shape(shard_shape, src_layout)
-        for side, layout in (("source", src_layout), ("destination", dst_layout)):
-            _check_supported(name, side, layout, full_shape)
-        try:
-            src_flat = flatten_layout(src_layout, full_shape)
-            dst_flat = flatten_layout(dst_layout, full_shape)
-        except LayoutError as exc:
-            raise LayoutError(f"parameter {name!r}: {exc}") from None
-        n_src = src_flat.device_num if src_layout is not None else 1
-        stages = src_layout.stages if src_layout is not None else (0,)
-        target_box = device_box(dst_flat, local)
-        regions = []
-        dtype = None
-        for src_box, common, members in _local_src_groups(src_flat, n_src, target_box):
-            cands: list[int] = []
-            for m in members:
-                for g in self._candidates(name, m, chosen.get((name, m))):
-                    if g not in cands:
-                        cands.append(g)
-            if cands:
-                dtype = dtype or self._by_name[cands[0]][name].dtype
-            else:
-                # Nobody indexed a file holding this shard: name the files that should, so the job can
-                # report every missing `rank_x` before moving any byte.
-                cands = sorted({s * self.src_stage_devices + m for m in members for s in stages})
-            regions.append(Region(relative(common, target_box), relative(common, src_box), tuple(cands)))
-        if dtype is None:
+    def _copied(self, name: str, target: _Target, device_num: int) -> OutTensor:
+        """A parameter absent from a strategy: MindSpore copies it whole from source local rank
+        `local % device_num` (device_num: the last planned parameter's source device count)."""
+        src_local = target.local % device_num
+        cands = self.catalog.candidates(name, src_local, target.loaded.chosen(name, src_local))
+        holder = self.catalog.first_holder(name)
+        if not cands:
+            # MindSpore copies it from source rank `src_local`, whose file nobody indexed: name that
+            # file (the engine reports it as missing), taking dtype and shape from another copy.
+            cands = (src_local,)
+        if holder is None:
+            raise MissingShardError(f"parameter {name!r} of target rank {target.rank}: no source checkpoint holds it")
+        meta = self.catalog.by_name[cands[0] if cands[0] in self.catalog.by_name else holder][name]
+        full = tuple((0, s) for s in meta.shape)
+        return OutTensor(name, meta.dtype, meta.shape, (Region(full, full, cands),))
+
+    def _transform(self, name: str, shard_shape: tuple[int, ...], src_layout: ParamLayout | None,
+                   dst_layout: ParamLayout | None, target: _Target) -> OutTensor:
+        """One parameter's regions: its template's geometry with the candidates of its holder class."""
+        tpl = self._template(name, target.local, shard_shape, src_layout, dst_layout)
+        key = (tpl.key, self.catalog.holder_class(name))
+        found = target.regions.get(key)
+        if found is None:
+            found = target.regions[key] = self._regions(name, tpl, target.loaded)
+        regions, supplier = found
+        if supplier is None:
             raise MissingShardError(
                 f"parameter {name!r}: no source checkpoint holding it was found "
                 f"(source ranks {sorted({g for r in regions for g in r.candidates})})"
             )
-        return OutTensor(name, dtype, box_shape(target_box), tuple(regions))
+        return OutTensor(name, self.catalog.by_name[supplier][name].dtype, tpl.shape, regions)
+
+    def _regions(self, name: str, tpl: _Template, loaded: LoadOrder) -> tuple[tuple[Region, ...], int | None]:
+        """The template's regions with `name`'s candidates (the same for every name of its holder class),
+        and the file whose dtype the target takes: the first candidate of the first region that has one."""
+        catalog, sd = self.catalog, self.src_stage_devices
+        regions = []
+        supplier = None
+        for dst_box, src_box, members in tpl.pieces:
+            cands: list[int] = []
+            seen: set[int] = set()
+            for m in members:
+                for g in catalog.candidates(name, m, loaded.chosen(name, m)):
+                    if g not in seen:
+                        seen.add(g)
+                        cands.append(g)
+            if cands:
+                supplier = cands[0] if supplier is None else supplier
+            else:
+                # Nobody indexed a file holding this shard: name the files that should, so the job can
+                # report every missing `rank_x` before moving any byte.
+                cands = sorted({s * sd + m for m in members for s in tpl.stages})
+            regions.append(Region(dst_box, src_box, tuple(cands)))
+        return tuple(regions), supplier
+
+    def _template(self, name: str, local: int, shard_shape: tuple[int, ...], src_layout: ParamLayout | None,
+                  dst_layout: ParamLayout | None) -> _Template:
+        """The geometry shared by every parameter with this shard shape and these layouts in target `local`."""
+        cache = self._templates.get(local)
+        if cache is None:
+            if len(self._templates) >= _TEMPLATE_LOCALS:
+                del self._templates[next(iter(self._templates))]
+            cache = self._templates[local] = {}
+        key = (tuple(shard_shape), src_layout, dst_layout)
+        tpl = cache.get(key)
+        if tpl is None:
+            tpl = cache[key] = _geometry(next(self._template_keys), name, local, key[0], src_layout, dst_layout)
+        return tpl
 
 
 def _check_supported(name: str, side: str, layout: ParamLayout | None, full_shape: Sequence[int]) -> None:
@@ -342,40 +400,4 @@ def rank_list_for_strategies(rank: int, src: StrategyFile | None, dst: StrategyF
     if src is None:
         return [0]
     src_map, dst_map = src_dst_layout_maps(rank, src, dst)
-    if not src_map:
-        raise StrategyError(f"the source strategy {src.source or ''} is empty".replace("  ", " "))
-    src_devices = _device_count(src_map)
-    dst_devices = _device_count(dst_map) if dst_map is not None else 1
-    local = rank % dst_devices if dst_devices > 1 else rank
-    needed_local: set[int] = set()
-    handled = set()
-    for name, layout in src_map.items():
-        if dst_map is not None and name not in dst_map:
-            continue
-        to = dst_map.get(name) if dst_map is not None else None
-        key = (layout.dev_matrix, layout.tensor_map, layout.opt_shard_step, layout.opt_shard_size,
-               None if to is None else (to.dev_matrix, to.tensor_map, to.opt_shard_step, to.opt_shard_size))
-        if key in handled:
-            continue
-        handled.add(key)
-        n_from = prod(layout.dev_matrix)
-        n_to = prod(to.dev_matrix) if to is not None else 1
-        ndim = len(layout.tensor_map)
-        # Like MindSpore, use a made-up shape that every split divides: membership depends only on axes.
-        probe = [max(n_from, n_to)] * ndim
-        split = tensor_strategy(layout.dev_matrix, layout.tensor_map)
-        opt = resolved_opt_shard_size(layout)
-        shape = [p * split[i] * (opt if i == 0 and opt > 0 else 1) for i, p in enumerate(probe)]
-        try:
-            src_flat = flatten_layout(layout, shape)
-            dst_flat = flatten_layout(to, shape)
-            needed_local |= needed_source_ranks(local, src_flat, dst_flat)
-        except LayoutError as exc:
-            raise LayoutError(f"parameter {name!r}: {exc}") from None
-    stages: list[int] = []
-    for layout in src_map.values():
-        for s in layout.stages:
-            if s not in stages:
-                stages.append(s)
-    out = {s * src_devices + r for s in stages for r in needed_local}
-    return sorted(out, reverse=True)
+    return rank_list_from(rank, rank_list_basis(src_map, dst_map, src.source))
