@@ -7,19 +7,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "convert_checkpoint_by_rank",
-    "convert_checkpoints",
-    "ckpt_to_safetensors",
-    "merge_pipeline_strategys",
-    "rank_list_for_convert",
-    "rank_list_for_transform",
-    "safetensors_to_ckpt",
-    "transform",
-    "transform_checkpoint_by_rank",
+# The MindSpore-named functions of `mpitrans.api`, loaded on first use.
+API_FUNCTIONS = (
+    "ckpt_to_safetensors", "convert_checkpoint_by_rank", "convert_checkpoints", "merge_pipeline_strategys",
+    "rank_list_for_convert", "rank_list_for_transform", "safetensors_to_ckpt", "transform_checkpoint_by_rank",
     "transform_checkpoints",
-]
+)
+__all__ = ["__version__", "transform", *API_FUNCTIONS]
 
 
 def __getattr__(name: str):
@@ -28,9 +22,7 @@ def __getattr__(name: str):
         from mpitrans.job.run import transform
 
         return transform
-    if name in ("transform_checkpoints", "transform_checkpoint_by_rank", "rank_list_for_transform",
-                "merge_pipeline_strategys", "convert_checkpoints", "convert_checkpoint_by_rank",
-                "rank_list_for_convert", "ckpt_to_safetensors", "safetensors_to_ckpt"):
+    if name in API_FUNCTIONS:
         from mpitrans import api
 
         return getattr(api, name)

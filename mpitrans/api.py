@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 
-from mpitrans import strategy
+from mpitrans import API_FUNCTIONS, strategy
 from mpitrans.errors import MpitransError, UnsupportedError
 from mpitrans.job.rounds import Moves, execute
 from mpitrans.job.run import transform
@@ -22,17 +22,7 @@ from mpitrans.plan.planner import Planner, rank_list_for_strategies
 from mpitrans.storage.formats import FORMATS, open_source
 from mpitrans.strategy.merge import merge_pipeline_strategys as merge_pipeline_strategys
 
-__all__ = [
-    "convert_checkpoint_by_rank",
-    "convert_checkpoints",
-    "ckpt_to_safetensors",
-    "merge_pipeline_strategys",
-    "rank_list_for_convert",
-    "rank_list_for_transform",
-    "safetensors_to_ckpt",
-    "transform_checkpoint_by_rank",
-    "transform_checkpoints",
-]
+__all__ = list(API_FUNCTIONS)
 
 
 def transform_checkpoints(

@@ -57,11 +57,12 @@ def varint_size(value: int) -> int:
     return size
 
 
-def decode_varint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+def decode_varint(buf: bytes | bytearray | memoryview, pos: int, end: int, *, wrap: bool = False) -> tuple[int, int]:
     """Decode the varint at ``pos``; return ``(value, next_pos)``.
 
-    Refuses varints that run past ``end``, exceed ten bytes, or overflow 64 bits, so a stream of 0xFF bytes
-    cannot make us loop or build an unbounded integer.
+    Refuses varints that run past ``end`` or exceed ten bytes, so a stream of 0xFF bytes cannot make us
+    loop or build an unbounded integer. Bits beyond 64 are an error, or, with ``wrap``, dropped as every
+    protobuf runtime drops them (how MindSpore reads a strategy file).
     """
     end = min(end, len(buf))
     result = 0
@@ -79,7 +80,9 @@ def decode_varint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tu
             break
         shift += 7
     if result >= _UINT64_LIMIT:
-        raise WireError("varint overflows 64 bits", start)
+        if not wrap:
+            raise WireError("varint overflows 64 bits", start)
+        result &= _UINT64_LIMIT - 1
     return result, pos
 
 
@@ -150,21 +153,8 @@ MAX_GROUP_DEPTH = 100  # protobuf's own recursion limit; deeper unknown groups a
 
 
 def decode_varint_wrapping(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
-    """Like `decode_varint`, but bits beyond 64 are dropped, as every protobuf runtime does."""
-    result = 0
-    shift = 0
-    start = pos
-    while True:
-        if pos >= end:
-            raise WireError("truncated varint", start)
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
-        shift += 7
-        if shift >= 70:
-            raise WireError("varint longer than ten bytes", start)
+    """`decode_varint` with bits beyond 64 dropped, as every protobuf runtime does."""
+    return decode_varint(buf, pos, end, wrap=True)
 
 
 def encode_varint64(value: int) -> bytes:
