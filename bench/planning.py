@@ -26,17 +26,21 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import mpitrans.strategy
 from bench.layouts import ModelDims, Side
 from mpitrans.fixtures.models import ModelParam, llama_params
 from mpitrans.metadata import TensorMeta
+from mpitrans.plan.assign import assign_region, new_chooser, region_key
 from mpitrans.plan.consistency import check_sources
 from mpitrans.plan.coverage import needed_sources
 from mpitrans.plan.layout import box_shape, device_box, flatten_layout
 from mpitrans.plan.planner import Planner
+from mpitrans.strategy.codec import write_strategy
 from mpitrans.strategy.layout_map import layout_map
 from mpitrans.strategy.model import RawLayout, StrategyFile
 
@@ -128,9 +132,42 @@ def run_case(case: Case) -> dict:
     t0 = time.perf_counter()
     check_sources(src, dst, metas, {}, list(metas), "/src")
     checks = time.perf_counter() - t0
+    rank_prep, rank0 = one_rank(src, dst, metas)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"build_s": build, "plan_s": times, "targets": len(targets), "tensors": tensors, "regions": regions,
-            "needed_s": needed, "checks_s": checks, "peak_rss_mib": peak}
+            "needed_s": needed, "checks_s": checks, "peak_rss_mib": peak, "rank_prep_s": rank_prep,
+            "rank0_strategy_s": rank0}
+
+
+def one_rank(src: StrategyFile, dst: StrategyFile, metas: dict[int, list[TensorMeta]]) -> tuple[float, float]:
+    """(one process's whole preparation in a job of one process per target, rank 0's strategy handling).
+
+    The process: parses both strategies from the broadcast bytes, builds its planner, takes MindSpore's
+    rank list of its target, plans it, encodes its requests to the region owners (JSON, as `job.exchange`
+    sends them), and decides, as an owner, as many regions as its target has (its share of the exchange
+    when regions spread evenly over the owners). Rank 0: reads both strategy files and encodes them for the
+    broadcast."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [os.path.join(tmp, f"{n}.ckpt") for n in ("src", "dst")]
+        write_strategy(src, paths[0])
+        write_strategy(dst, paths[1])
+        t0 = time.perf_counter()
+        blobs = [mpitrans.strategy.to_bytes(mpitrans.strategy.load(p)) for p in paths]
+        rank0 = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s, d = (mpitrans.strategy.from_bytes(b) for b in blobs)
+    planner = Planner(s, d, metas)
+    target = planner.target_ranks()[-1]
+    planner.rank_list(target)
+    plan = planner.plan(target)
+    wants = [[x.name, r.src_box, r.candidates, r.dst_box, target, ki, ri]
+             for ki, x in enumerate(plan.tensors) for ri, r in enumerate(x.regions)]
+    json.loads(json.dumps(wants))
+    chooser = new_chooser({g: [g % 512] for g in metas})
+    for x in plan.tensors:
+        for r in x.regions:
+            assign_region(chooser, region_key(x.name, r), r.dst_box, [0])
+    return time.perf_counter() - t0, rank0
 
 
 def cases(per_case: int, sources: list[int], targets: list[int]) -> list[Case]:
@@ -158,8 +195,8 @@ def measure(case: Case) -> dict:
 
 HEADER = ("| source layout | source ranks | target layout | targets | tensors/target | regions/target "
           "| Planner build s | first target s | s per target (median) | needed_sources s | check_sources s "
-          "| peak RSS MiB |")
-COLUMNS = 12
+          "| one rank's preparation s | rank 0 strategies s | peak RSS MiB |")
+COLUMNS = 14
 
 
 def row(case: Case, res: dict) -> str:
@@ -168,7 +205,7 @@ def row(case: Case, res: dict) -> str:
         return head + f" error: {res['error']} |" + " |" * (COLUMNS - 5)
     return (head + f" {res['tensors']} | {res['regions']} | {res['build_s']:.3f} | {res['plan_s'][0]:.3f} | "
             f"{statistics.median(res['plan_s']):.3f} | {res['needed_s']:.3f} | {res['checks_s']:.3f} | "
-            f"{res['peak_rss_mib']:.0f} |")
+            f"{res['rank_prep_s']:.3f} | {res['rank0_strategy_s']:.3f} | {res['peak_rss_mib']:.0f} |")
 
 
 def document(rows: list[str], args: argparse.Namespace, model: ModelDims, params: int) -> str:
@@ -184,7 +221,11 @@ def document(rows: list[str], args: argparse.Namespace, model: ModelDims, params
         f"reuse); 's per target' is the median over {args.per_case} targets spread over "
         f"the target ranks, the first included. `needed_sources` is MindSpore's rank list for every target "
         f"(the files a job indexes), `check_sources` the consistency checks over every source file's metadata "
-        f"(files of one stage share one list). Peak RSS is the case process's.", "",
+        f"(files of one stage share one list). 'one rank's preparation' is one process of a job with one "
+        f"process per target: parse both strategies from the broadcast bytes, build its planner, take its "
+        f"target's rank list, plan it, encode its requests to the region owners and decide its share of "
+        f"regions as an owner (`one_rank`); 'rank 0 strategies' reads both strategy files and encodes them "
+        f"for the broadcast. Peak RSS is the case process's.", "",
         HEADER, "|" + "---|" * COLUMNS, *rows, ""])
 
 
