@@ -19,11 +19,13 @@ import sys
 import numpy as np
 
 from mpitrans.fixtures.models import llama_params, megatron_tensor_map
-from mpitrans.storage.ckpt import CheckpointWriter
+from mpitrans.metadata import TensorMeta
+from mpitrans.storage.formats import CKPT
 from mpitrans.strategy.codec import write_strategy
 from mpitrans.strategy.model import RawLayout, StrategyFile
 
 HIDDEN, FFN, VOCAB, LAYERS = 128, 256, 512, 2
+_NEUTRAL = {"BFloat16": "bfloat16", "Float32": "float32"}  # the fixtures' MindSpore type names
 PARAMS = llama_params(LAYERS, HIDDEN, FFN, VOCAB, adam=True, ffn_norm=False, head=False)
 
 
@@ -43,12 +45,15 @@ def _random_bytes(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) 
 def build(root: str) -> None:
     rng = np.random.default_rng(2024)
     os.makedirs(os.path.join(root, "full"), exist_ok=True)
-    full = os.path.join(root, "full", "model.ckpt")
-    with CheckpointWriter(full) as w:
-        for p in PARAMS:
-            w.write_tensor(p.name, p.dtype, p.shape, _random_bytes(rng, p.shape, p.dtype))
-        w.write_tensor("global_step", "Int32", (1,), np.array([1000], dtype=np.int32).tobytes())
-        w.write_tensor("learning_rate", "Float32", (), np.array(3e-4, dtype=np.float32).tobytes())
+    full = os.path.join(root, "full", "model" + CKPT.suffix)
+    tensors = [TensorMeta(p.name, _NEUTRAL[p.dtype], p.shape) for p in PARAMS]
+    tensors += [TensorMeta("global_step", "int32", (1,)), TensorMeta("learning_rate", "float32", ())]
+    out = CKPT.open_target(full, tensors)
+    for p in PARAMS:
+        out.write(memoryview(_random_bytes(rng, p.shape, p.dtype)))
+    out.write(memoryview(np.array([1000], dtype=np.int32).tobytes()))
+    out.write(memoryview(np.array(3e-4, dtype=np.float32).tobytes()))
+    out.commit()
     write_strategy(_strategy(2, 4), os.path.join(root, "src_strategy.ckpt"))
     write_strategy(_strategy(2, 2), os.path.join(root, "dst_strategy.ckpt"))
     size = os.path.getsize(full)

@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -37,6 +36,7 @@ from mpitrans.cli.options import (
 from mpitrans.errors import MpitransError
 from mpitrans.job.options import JobOptions
 from mpitrans.job.summary import Summary
+from mpitrans.storage.formats import FORMATS
 
 __all__ = ["SIZE_FORMS", "ArgumentParser", "check_output_dir", "main", "parse_size", "take_flag"]
 
@@ -89,10 +89,12 @@ def _transform_parser() -> argparse.ArgumentParser:
         "spellings (MindSpore's and MindFormers' too).", EXAMPLE)
 
 
-# A target is written as `.{name}.tmp-{pid}` and renamed to `{name}` = `{prefix}{rank}.ckpt` (or
-# `{prefix}{rank}_part{stage}.ckpt`). The target count is not known before the strategies are read, so
-# the check allows 6 digits of rank, `_part` and 3 digits of stage, and 7 digits of pid.
-_NAME_EXTRA = len(".") + 6 + len("_part") + 3 + len(".ckpt") + len(".tmp-") + 7
+# A target is written as `.{name}.tmp-{pid}` and renamed to `{name}` = `{prefix}{rank}{suffix}` (or
+# `{prefix}{rank}_part{stage}{suffix}`, the suffix being the output format's). The target count is not
+# known before the strategies are read, so the check allows 6 digits of rank, `_part` and 3 digits of
+# stage, and 7 digits of pid.
+_SUFFIX = max(len(f.suffix) for f in FORMATS.values())
+_NAME_EXTRA = len(".") + 6 + len("_part") + 3 + _SUFFIX + len(".tmp-") + 7
 
 
 def _nearest_existing(path: str) -> str:
@@ -162,17 +164,10 @@ def _wait_for_peers(t, timeout: float = 60.0) -> None:
 
     Used after rank 0 printed an error that every rank knows about: no rank may exit before that (mpirun
     would kill rank 0 with its message unprinted), and none may wait for ever either."""
-    comm = getattr(t, "comm", None)
-    if comm is None or t.size == 1:
-        return
-    request = comm.Ibarrier()
-    deadline = time.monotonic() + timeout
-    while not request.Test():
-        if time.monotonic() > deadline:
-            print(f"mpitrans: rank {t.rank}: the other ranks did not stop within {timeout:.0f} s; aborting the job",
-                  file=sys.stderr, flush=True)
-            t.abort(1)
-        time.sleep(0.005)
+    if not t.wait_for_peers(timeout):
+        print(f"mpitrans: rank {t.rank}: the other ranks did not stop within {timeout:.0f} s; aborting the job",
+              file=sys.stderr, flush=True)
+        t.abort(1)
 
 
 def _report_once(t, message: str, trace: str = "") -> None:
@@ -433,27 +428,17 @@ SUBCOMMANDS = {"merge-strategy": _run_merge, "rank-list": _run_rank_list, "rank-
                "verify": _run_verify}
 
 
-def _abort_process(code: int) -> None:
-    """End this process, and under MPI the whole job (a peer may wait in a collective for this one)."""
-    sys.stderr.flush()
-    sys.stdout.flush()
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        mpi.COMM_WORLD.Abort(code)
-    os._exit(code)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m mpitrans [subcommand] ...`; returns the exit status (2: bad command line or config).
 
     A signal at any moment, even while MPI starts or ranks agree on the command line, ends the whole job
     with one line: the same guard the job itself runs under covers the command line around it."""
     from mpitrans.job.guard import Interrupted, JobGuard, report_once
-    from mpitrans.job.transport import launched_by_mpi
+    from mpitrans.job.transport import abort_process, launched_by_mpi
 
     debug, args = take_flag(list(sys.argv[1:] if argv is None else argv), DEBUG_FLAG)
     try:
-        with JobGuard(_abort_process, _world_rank(), watch_parent=launched_by_mpi(), grace=0.5):
+        with JobGuard(abort_process, _world_rank(), watch_parent=launched_by_mpi(), grace=0.5):
             if args and args[0] in SUBCOMMANDS:
                 code = SUBCOMMANDS[args[0]](args[1:], debug)
             else:
@@ -461,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Interrupted, KeyboardInterrupt) as exc:
         name = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"
         report_once(f"mpitrans: rank {_world_rank()}: interrupted by {name}; nothing incomplete was published")
-        _abort_process(130)
+        abort_process(130)
         return 130
     sys.stdout.flush()
     return code

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -31,6 +32,8 @@ class Transport(Protocol):
     def exchange(self, sends: Sequence[tuple[int, memoryview]], recvs: Sequence[tuple[int, memoryview]]) -> None: ...
 
     def alltoall_bytes(self, data: Sequence[bytes]) -> list[bytes]: ...
+
+    def wait_for_peers(self, timeout: float) -> bool: ...
 
     def abort(self, code: int = 1) -> None: ...
 
@@ -54,6 +57,9 @@ class LocalTransport:
 
     def alltoall_bytes(self, data: Sequence[bytes]) -> list[bytes]:
         return [bytes(data[0])]
+
+    def wait_for_peers(self, timeout: float) -> bool:
+        return True
 
     def abort(self, code: int = 1) -> None:
         sys.stderr.flush()
@@ -94,6 +100,16 @@ class MPITransport:
             self.comm.Allgatherv([bytes(data), MPI.BYTE], [out, (sizes.tolist(), displs.tolist()), MPI.BYTE])
             return [bytes(out[d:d + s]) for d, s in zip(displs.tolist(), sizes.tolist(), strict=True)]
         return [self.bcast_bytes(data if r == self.rank else None, root=r) for r in range(self.size)]
+
+    def wait_for_peers(self, timeout: float) -> bool:
+        """True once every rank got here (a non-blocking barrier), False if one did not within `timeout`."""
+        request = self.comm.Ibarrier()
+        deadline = time.monotonic() + timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def alltoall_bytes(self, data: Sequence[bytes]) -> list[bytes]:
         """`data[r]` goes to rank r; returns what each rank sent to this one (requests, replies, indexes).
@@ -167,3 +183,14 @@ def make_transport(comm=None) -> Transport:
     if comm.Get_size() == 1:
         return LocalTransport()
     return MPITransport(comm)
+
+
+def abort_process(code: int) -> None:
+    """End this process, and under MPI the whole job (a peer may wait in a collective for this one), even
+    before any transport exists."""
+    sys.stderr.flush()
+    sys.stdout.flush()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.COMM_WORLD.Abort(code)
+    os._exit(code)
