@@ -73,7 +73,7 @@ def _bad_transform_input(case: str, example: Path, tmp_path: Path) -> tuple[list
     if case == "prefix-too-long":
         return _transform_args(example, dst, "--prefix", LONG), ["--prefix", "256 bytes", "at most"], dst
     if case == "name-too-long":
-        return _transform_args(example, dst, "--prefix", NEAR_LIMIT), ["--prefix", "240 bytes", "at most 223"], dst
+        return _transform_args(example, dst, "--prefix", NEAR_LIMIT), ["--prefix", "240 bytes", "at most 216"], dst
     raise AssertionError(case)
 
 
@@ -205,8 +205,8 @@ def test_check_output_dir(tmp_path):
         check_output_dir(str(tmp_path / "dangling"), "checkpoint_")
     with pytest.raises(MpitransError, match=r"f/x cannot be created: .*f is not a directory"):
         check_output_dir(str(tmp_path / "f" / "x"), "checkpoint_")
-    check_output_dir(str(tmp_path), "p" * 223)
-    with pytest.raises(MpitransError, match="224 bytes long.*at most 223 bytes"):
-        check_output_dir(str(tmp_path), "p" * 224)
-    with pytest.raises(MpitransError, match="at most 223 bytes"):  # bytes, not characters
-        check_output_dir(str(tmp_path), "é" * 112)
+    check_output_dir(str(tmp_path), "p" * 216)  # room for the longest suffix (.safetensors) too
+    with pytest.raises(MpitransError, match="217 bytes long.*at most 216 bytes"):
+        check_output_dir(str(tmp_path), "p" * 217)
+    with pytest.raises(MpitransError, match="at most 216 bytes"):  # bytes, not characters
+        check_output_dir(str(tmp_path), "é" * 109)
