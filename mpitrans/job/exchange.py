@@ -11,12 +11,15 @@ final plan round does:
 3. every writer cuts its targets into chunks (`plan.schedule`) and tells each reader which pieces to read
    for it in which round.
 
-Each process's share is proportional to what it writes plus the regions it owns.
+Each process's share is proportional to what it writes plus the regions it owns. Requests are plain
+tuples of ints and strings, encoded with `marshal` (they never hold tensor data, and only peers of the same
+job read them).
 """
 
 from __future__ import annotations
 
 import json
+import marshal
 import zlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -38,11 +41,7 @@ class Ask(NamedTuple):
 
 
 def _owner(key: tuple, nprocs: int) -> int:
-    return zlib.crc32(repr(key).encode()) % nprocs
-
-
-def _boxes(raw: list) -> tuple:
-    return tuple(tuple(b) for b in raw)
+    return zlib.crc32(repr(key).encode()) % nprocs if nprocs > 1 else 0
 
 
 def decide_readers(t: Transport, plans: Mapping[int, TargetPlan], seers: Mapping[int, Sequence[int]],
@@ -53,13 +52,13 @@ def decide_readers(t: Transport, plans: Mapping[int, TargetPlan], seers: Mapping
         for ki, tensor in enumerate(plans[tr].tensors):
             for ri, region in enumerate(tensor.regions):
                 key = region_key(tensor.name, region)
-                wants[_owner(key, t.size)].append([tensor.name, region.src_box, region.candidates, region.dst_box,
-                                                   tr, ki, ri])
-    inbox = t.alltoall_bytes([json.dumps(w).encode() for w in wants])
+                wants[_owner(key, t.size)].append((tensor.name, region.src_box, region.candidates, region.dst_box,
+                                                   tr, ki, ri))
+    inbox = t.alltoall_bytes([marshal.dumps(w) for w in wants])
     groups: dict[tuple, list] = defaultdict(list)
     for writer, blob in enumerate(inbox):
-        for name, src_box, cands, dst_box, tr, ki, ri in json.loads(blob):
-            groups[(name, _boxes(src_box), tuple(cands))].append((tr, ki, ri, writer, _boxes(dst_box)))
+        for name, src_box, cands, dst_box, tr, ki, ri in marshal.loads(blob):
+            groups[(name, src_box, cands)].append((tr, ki, ri, writer, dst_box))
     chooser = new_chooser(seers, file_ids)
     answers: list[list] = [[] for _ in range(t.size)]
     for key in sorted(groups, key=repr):
@@ -68,8 +67,8 @@ def decide_readers(t: Transport, plans: Mapping[int, TargetPlan], seers: Mapping
         for (tr, ki, ri, w, _), (reader, g) in zip(who, choices, strict=True):
             answers[w].append([tr, ki, ri, reader, g])
     table: ReaderTable = {}
-    for blob in t.alltoall_bytes([json.dumps(a).encode() for a in answers]):
-        for tr, ki, ri, reader, g in json.loads(blob):
+    for blob in t.alltoall_bytes([marshal.dumps(a) for a in answers]):
+        for tr, ki, ri, reader, g in marshal.loads(blob):
             table[(tr, ki, ri)] = (reader, g)
     return table
 
@@ -81,11 +80,11 @@ def exchange_asks(t: Transport, chunks: Sequence[Chunk]) -> dict[int, dict[int, 
     for k, chunk in enumerate(chunks):
         for p in chunk.pieces:
             if p.reader != t.rank:
-                asks[p.reader].append([k, p.src_rank, p.tensor, p.src_box, p.nbytes])
+                asks[p.reader].append((k, p.src_rank, p.tensor, p.src_box, p.nbytes))
     out: dict[int, dict[int, list[Ask]]] = defaultdict(lambda: defaultdict(list))
-    for writer, blob in enumerate(t.alltoall_bytes([json.dumps(a).encode() for a in asks])):
-        for k, g, name, box, nbytes in json.loads(blob):
-            out[k][writer].append(Ask(g, name, _boxes(box), nbytes))
+    for writer, blob in enumerate(t.alltoall_bytes([marshal.dumps(a) for a in asks])):
+        for k, g, name, box, nbytes in marshal.loads(blob):
+            out[k][writer].append(Ask(g, name, box, nbytes))
     return out
 
 
