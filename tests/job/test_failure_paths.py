@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.mpirun import MPIRUN, REPO, mpi_env
+from tests.support.procs import command_lines
 
 pytestmark = [pytest.mark.mpi]
 
@@ -46,18 +47,7 @@ def _run(mode: str, args: list[str], env: dict | None = None, timeout: float = 9
 
 def _job_pids(dst: Path) -> list[int]:
     """Processes of a job writing `dst` (ranks and launcher)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-        except OSError:
-            continue
-        if str(dst).encode() in cmd and b"mpitrans" in cmd:
-            out.append(int(entry))
-    return out
+    return [pid for pid, cmd in command_lines() if str(dst).encode() in cmd and b"mpitrans" in cmd]
 
 
 def _rank_pids(dst: Path) -> list[int]:

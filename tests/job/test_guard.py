@@ -13,6 +13,7 @@ import pytest
 
 from mpitrans.job.guard import Interrupted, JobGuard
 from tests.support.mpirun import MPIRUN, REPO, mpi_env
+from tests.support.procs import command_lines
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -75,15 +76,5 @@ def test_rank_blocked_inside_mpi_is_aborted_on_sigint(tmp_path):
 
 
 def _children_running(script) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-        except OSError:
-            continue
-        if str(script).encode() in cmd and not any(b"mpirun" in c or b"prte" in c for c in cmd[:1]):
-            out.append(int(entry))
-    return out
+    return [pid for pid, cmd in command_lines()
+            if str(script).encode() in cmd and not any(b"mpirun" in c or b"prte" in c for c in cmd[:1])]
