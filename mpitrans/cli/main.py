@@ -396,11 +396,10 @@ def _run_verify(argv: Sequence[str], debug: bool = False) -> int:
         return code
     args, opts = setup  # type: ignore[misc]
     from mpitrans.job.agree import JobError
-    from mpitrans.job.verify import format_results, verify
+    from mpitrans.job.verify import format_results, verify_job
 
     try:
-        results = verify(opts.src_checkpoint, opts.dst_checkpoint, opts.src_strategy, opts.dst_strategy,
-                         prefix=opts.prefix, comm=t, max_buffer=opts.max_buffer)
+        results = verify_job(opts, t)
     except JobError as exc:
         _report_once(t, str(exc), traceback.format_exc() if debug else "")
         return 1

@@ -146,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
            kind="text", commands=_JOB, metavar="TEXT"),
     Option("output_format", ("output-format",), "format of the targets: ckpt or safetensors (default {default}); "
            "DIR/rank_x/{prefix}x.ckpt or .safetensors", kind="choice", choices=("ckpt", "safetensors"),
-           metavar="FORMAT"),
+           metavar="FORMAT", commands=_JOB),
     Option("max_buffer", ("max-buffer",), "bytes of chunk buffers each process may hold: {sizes} (default "
            "{default}, which already keeps the disks busy in our benchmark; more only raises memory)",
            kind="size", commands=_JOB, metavar="SIZE"),
@@ -156,19 +156,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("json_summary", ("json-summary",), "also write the summary (of the run, of a --dry-run, of verify's "
            "checks) as JSON to FILE (rank 0)", commands=_JOB, metavar="FILE"),
     Option("include", ("include",), "keep only parameters whose name matches this glob (repeatable, or "
-           "comma-separated: 'model.*,lm_head.*')", kind="patterns", metavar="GLOB"),
+           "comma-separated: 'model.*,lm_head.*')", kind="patterns", metavar="GLOB", commands=_JOB),
     Option("exclude", ("exclude",), "leave out parameters whose name matches this glob (repeatable, or "
-           "comma-separated); their bytes are never read", kind="patterns", metavar="GLOB"),
+           "comma-separated); their bytes are never read", kind="patterns", metavar="GLOB", commands=_JOB),
     Option("exclude_prefix", ("filter-out-param-prefix", "exclude-prefix"), "leave out parameters whose name "
            "starts with this prefix (MindFormers' filter_out_param_prefix, e.g. adam_; repeatable)",
-           kind="patterns", metavar="PREFIX"),
+           kind="patterns", metavar="PREFIX", commands=_JOB),
     Option("drop_optimizer_state", ("drop-optimizer-state",), "leave out optimizer state and training "
            "scalars (adam_m.*, adam_v.*, accu_grads.*, global_step, learning_rate, beta1_power, beta2_power, "
            "scale_sense, loss_scale, current_iterator_step, last_overflow_iterator_step, epoch_num, step_num)",
-           kind="switch"),
+           kind="switch", commands=_JOB),
     Option("src_postfix", ("src-postfix", "file-suffix"), "use the checkpoint of each rank_x/ whose name ends "
            "with TEXT.ckpt (MindFormers' --src_postfix 31_4 / file_suffix; default: the last in name order)",
-           kind="text", metavar="TEXT"),
+           kind="text", metavar="TEXT", commands=_JOB),
     Option("world_size", ("world-size",), "MindFormers' target slice count, checked against the destination "
            "strategy's device count (the strategy decides it)", kind="text", metavar="N"),
     Option("process_num", ("process-num", "transform-process-num"), "accepted for MindFormers command lines "

@@ -19,7 +19,7 @@ from math import prod
 
 from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
-from mpitrans.job.options import DEFAULT_MAX_BUFFER, DEFAULT_PREFIX
+from mpitrans.job.options import JobOptions
 from mpitrans.job.prepare import plan_job, start
 from mpitrans.job.rounds import Moves, Rounds, chunk_size, my_chunks, run_with_sink
 from mpitrans.job.run import round_robin_placement
@@ -72,9 +72,11 @@ def read_manifest(dst_checkpoint: str) -> tuple[dict | None, str]:
 class _Comparer(ChunkSink):
     """Stands where the disk writer stands in a transform, comparing chunks instead of writing them."""
 
-    def __init__(self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], chunk_hint: int) -> None:
+    def __init__(self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], chunk_hint: int,
+                 ordered: bool = True) -> None:
         super().__init__("mpitrans-verify", chunk_hint)
         self.targets = targets
+        self.ordered = ordered  # .ckpt keeps MindSpore's parameter order; other formats their own
         self.path_of = path_of
         self.failures: dict[int, str] = {}
         self._open: dict[int, SourceReader | None] = {}
@@ -90,6 +92,8 @@ class _Comparer(ChunkSink):
                 return None
             got = [(m.name, m.dtype, tuple(m.shape)) for m in reader.tensors()]
             want = [(x.name, x.dtype, tuple(x.shape)) for x in target.tensors if all(x.shape)]
+            if not self.ordered:
+                got, want = sorted(got), sorted(want)
             if got != want:
                 self.failures.setdefault(target.rank, _first_difference(want, got))
             self._open[index] = reader
@@ -133,27 +137,34 @@ def _first_difference(want, got) -> str:
 
 
 def verify(src_checkpoint: str, dst_checkpoint: str, src_strategy: str | None = None,
-           dst_strategy: str | None = None, prefix: str = DEFAULT_PREFIX, comm: object = None,
-           max_buffer: int = DEFAULT_MAX_BUFFER) -> list[TargetResult]:
-    """Collective: every target's bytes against the source region it should hold; results on every rank."""
-    t = make_transport(comm)
-    setup = start(t, src_checkpoint, src_strategy, dst_strategy, prefix)
+           dst_strategy: str | None = None, *, comm: object = None, **options: object) -> list[TargetResult]:
+    """Collective: every target's bytes against the source region it should hold; results on every rank.
+    `options` are the transform's (`JobOptions` fields: prefix, filters, output_format, ...), so the same
+    options check the same job."""
+    opts = JobOptions(src_checkpoint, dst_checkpoint, src_strategy, dst_strategy, **options)  # type: ignore[arg-type]
+    return verify_job(opts, make_transport(comm))
+
+
+def verify_job(opts: JobOptions, t: Transport) -> list[TargetResult]:
+    """`verify` for a ready options object and transport (what the command line calls)."""
+    setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.selection())
+    ordered = opts.output_format == "ckpt"  # other formats lay tensors out in their own order
 
     def path_of(target: TargetPlan | int) -> str:
         tr = target if isinstance(target, int) else target.rank
-        return os.path.join(dst_checkpoint, f"rank_{tr}", target_filename(setup.stem(tr)))
+        return os.path.join(opts.dst_checkpoint, f"rank_{tr}", target_filename(setup.stem(tr), opts.output_format))
 
     checker = _checkers(t, setup.targets, path_of)
     where = {tr: checker.get(tr, tr % t.size) for tr in setup.targets}
-    job = plan_job(setup, where)
+    job = plan_job(setup, where, opts.strict)
     mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
-    comparer = _Comparer(mine, path_of, chunk_size(max_buffer, t.size))
+    comparer = _Comparer(mine, path_of, chunk_size(opts.max_buffer, t.size), ordered)
     files = SourceFiles(job.visible, job.metas, job.sources)
     moves = Moves({p.rank: p for p in mine}, job.seers, job.visible, job.metas, job.file_ids, job.sources)
     chunks = my_chunks(t, moves, comparer.chunk_hint)
     sink = comparer if mine else None
     run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)
-    results = _results(t, mine, comparer.failures, dst_checkpoint, path_of)
+    results = _results(t, mine, comparer.failures, opts.dst_checkpoint, path_of)
     everything = []
     for blob in t.allgather_bytes(json.dumps([asdict(r) for r in results]).encode()):
         everything.extend(TargetResult(**r) for r in json.loads(blob))

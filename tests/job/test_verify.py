@@ -92,3 +92,27 @@ def test_verify_command_on_missing_and_garbled_manifests(example, output, tmp_pa
     assert f"FAIL: manifest {garbled_dst / 'mpitrans_manifest.json'} is not valid JSON" in garbled.stdout
     assert "Traceback" not in garbled.stderr
     json.loads((output / "mpitrans_manifest.json").read_text())  # the shared output was left alone
+
+
+@pytest.mark.parametrize("launcher", ["plain", pytest.param("mpirun", marks=pytest.mark.mpi)])
+@pytest.mark.parametrize("options", [["--drop-optimizer-state"], ["--output-format", "safetensors"],
+                                     ["--exclude", "model.layers.1.*"]])
+def test_verify_takes_the_transforms_options(example, tmp_path, launcher, options):
+    """Run with the transform's own options, verify checks that job: filtered parameters are not missing,
+    safetensors targets are found and compared (their tensors in their own order). A damaged target still
+    fails."""
+    src, src_strategy, dst_strategy = _paths(example)
+    dst = tmp_path / "dst"
+    args = ["--src-checkpoint", src, "--src-strategy", src_strategy, "--dst-checkpoint", str(dst),
+            "--dst-strategy", dst_strategy, "--quiet", *options]
+    assert python_m(args, timeout=120).returncode == 0
+    run = (lambda a: python_m(a, timeout=120)) if launcher == "plain" else (lambda a: mpirun(2, a, timeout=120))
+    check = run(["verify", *[a for a in args if a != "--quiet"]])
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "all 4 target files match" in check.stdout
+    target = next((dst / "rank_2").iterdir())
+    data = bytearray(target.read_bytes())
+    data[-100] ^= 0xFF
+    target.write_bytes(bytes(data))
+    check = run(["verify", *[a for a in args if a != "--quiet"]])
+    assert check.returncode == 1 and "target rank 2" in check.stdout, check.stdout + check.stderr
