@@ -12,16 +12,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from math import prod
 
-from mpitrans.job.agree import agree
 from mpitrans.job.exchange import exchange_asks, round_sizes
 from mpitrans.job.options import JobOptions
 from mpitrans.job.prepare import plan_job, start
-from mpitrans.job.rounds import Moves, chunk_size, my_chunks
-from mpitrans.job.run import Placement, rank_table_placement, round_robin_placement
+from mpitrans.job.rounds import chunk_size, my_chunks
+from mpitrans.job.run import Placement, place_targets
 from mpitrans.job.summary import human_size
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import itemsize
-from mpitrans.plan.coverage import check_world_size
 from mpitrans.storage.formats import target_filename
 
 
@@ -53,13 +51,9 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     """Collective: the job's plan and its traffic, the same on every process; writes nothing. Each
     process counts its own part (what it writes, reads, sends and receives); the parts are gathered."""
     setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.selection())
-    agree(t, lambda: check_world_size(opts.world_size, setup.targets))
-    if placement is None:
-        placement = rank_table_placement(t, opts.rank_table) if opts.rank_table else round_robin_placement
-    where = agree(t, lambda: placement(setup.targets, t.size))
-    job = plan_job(setup, where, opts.strict)
+    job = plan_job(setup, place_targets(t, opts, setup, placement), opts.strict)
     chunk_bytes = chunk_size(opts.max_buffer, t.size)
-    moves = Moves(job.plans, job.seers, job.visible, job.metas, job.file_ids, job.sources)
+    moves = job.moves(job.plans)
     chunks = my_chunks(t, moves, chunk_bytes)
     asks = exchange_asks(t, chunks)
     me, targets = _count(t.rank, job.plans, job.stems, chunks, asks, opts.output_format)

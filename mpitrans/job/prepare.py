@@ -22,10 +22,11 @@ from mpitrans.job.agree import JobError, agree
 from mpitrans.job.inventory import Inventory, gather_inventory
 from mpitrans.job.metadata import SourceMetadata, index_sources
 from mpitrans.job.options import ALL_OF_EACH_FILE, Selection
+from mpitrans.job.rounds import Moves
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
-from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_index, plan_targets
+from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_index, needed_by, plan_targets
 from mpitrans.plan.planner import Planner, TargetPlan
 from mpitrans.storage.discover import rank_dirs_without_checkpoint
 from mpitrans.strategy.model import StrategyFile
@@ -35,19 +36,16 @@ _ABSENT = (1 << 64) - 1  # length marker of a strategy that was not given
 
 @dataclass
 class Job:
-    """What this process knows before any byte moves: the strategies, who sees which file, the placement
-    of every target, the plans of the targets it writes, and the metadata (as exported indexes) of every
-    needed source file."""
+    """What this process knows before any byte moves: the strategies, who sees which file, the plans of
+    the targets it writes, and the metadata (as exported indexes) of the source files it needs."""
 
     src: StrategyFile | None
     dst: StrategyFile | None
     src_bytes: bytes | None
     dst_bytes: bytes | None
     inventory: Inventory
-    needed: set[int]
     metas: dict[int, list[TensorMeta]]
     plans: dict[int, TargetPlan]  # only the targets this process writes
-    placement: dict[int, int]  # every target -> the process that writes it
     sources: SourceMetadata | None = None  # exported indexes: held, and fetched on demand
     timings: dict[str, float] = field(default_factory=dict)  # seconds: index, metadata, plan
     stems: dict[int, str] = field(default_factory=dict)  # every target -> its file name without suffix
@@ -55,6 +53,10 @@ class Job:
     @property
     def visible(self) -> dict[int, str]:
         return self.inventory.visible
+
+    def moves(self, plans: dict[int, TargetPlan]) -> Moves:
+        """What the byte-moving phase needs to assemble `plans` (some or all of this process's)."""
+        return Moves(plans, self.seers, self.visible, self.metas, self.file_ids, self.sources)
 
     @property
     def seers(self) -> dict[int, list[int]]:
@@ -93,18 +95,6 @@ def broadcast_strategies(t: Transport, src_strategy: str | None,
     payload = agree(t, load)
     src_bytes, dst_bytes = _unframe(t.bcast_bytes(payload if t.rank == 0 else None), 2)
     return src_bytes, dst_bytes
-
-
-def _needed_by(planner: Planner, targets: list[int], src: StrategyFile | None) -> set[int]:
-    """MindSpore's rule for the files `targets` are built from (see `coverage.needed_sources`)."""
-    if planner.by_stage:
-        assert src is not None
-        first = src.stage * planner.src_stage_devices
-        return set(range(first, first + planner.src_stage_devices))
-    need: set[int] = set()
-    for tr in targets:
-        need.update(planner.rank_list(tr) if src is not None else [0])
-    return need
 
 
 @dataclass
@@ -152,7 +142,7 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     writes, not with the job."""
     t, src, dst, inv, prefix = setup.t, setup.src, setup.dst, setup.inventory, setup.prefix
     mine = [tr for tr in setup.targets if where[tr] == t.rank]
-    needed_here = agree(t, lambda: _needed_by(setup.shape_only, mine, src))
+    needed_here = agree(t, lambda: needed_by(setup.shape_only, mine))
     needed = {g for blob in t.allgather_bytes(json.dumps(sorted(needed_here)).encode()) for g in json.loads(blob)}
     probes = probe_ranks(source_scope(src, dst, prefix), inv.seers)
     to_index = sorted(set(files_to_index(needed, inv.seers)) | probes)
@@ -182,5 +172,5 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     plans = agree(t, make_plans)
     timings["plan"] = time.perf_counter() - clock
     stems = {tr: setup.stem(tr) for tr in setup.targets}
-    return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, needed, metas, plans, where, sources=sources,
-               stems=stems, timings=timings)
+    return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, metas, plans, sources=sources, stems=stems,
+               timings=timings)

@@ -24,8 +24,8 @@ from mpitrans.job.faults import fault_point
 from mpitrans.job.guard import JobGuard
 from mpitrans.job.lock import JobLock
 from mpitrans.job.options import ALL_OF_EACH_FILE, JobOptions
-from mpitrans.job.prepare import Job, plan_job, start
-from mpitrans.job.rounds import Moves, execute
+from mpitrans.job.prepare import Job, Setup, plan_job, start
+from mpitrans.job.rounds import execute
 from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import Transport, make_transport
 from mpitrans.plan.coverage import check_world_size
@@ -51,6 +51,15 @@ def rank_table_placement(t: Transport, path: str) -> Placement:
     blob = agree(t, lambda: json.dumps(cluster.load(path).to_json()).encode() if t.rank == 0 else b"")
     table = cluster.from_json(json.loads(t.bcast_bytes(blob if t.rank == 0 else None)), path)
     return cluster.job_placement(table, t.allgather_bytes)
+
+
+def place_targets(t: Transport, opts: JobOptions, setup: Setup, placement: Placement | None) -> dict[int, int]:
+    """Collective: which process writes each target (`placement`, else the rank table's hosts, else target
+    i on process i mod P), after checking MindFormers' `world_size` against the target count."""
+    agree(t, lambda: check_world_size(opts.world_size, setup.targets))
+    if placement is None:
+        placement = rank_table_placement(t, opts.rank_table) if opts.rank_table else round_robin_placement
+    return agree(t, lambda: placement(setup.targets, t.size))
 
 
 def transform(src_checkpoint: str, dst_checkpoint: str, src_strategy: str | None = None,
@@ -126,10 +135,7 @@ class _Run:
         t, o = self.t, self.opts
         setup = start(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.selection())
         self.stats.lap("strategies", self.start)
-        agree(t, lambda: check_world_size(o.world_size, setup.targets))
-        if placement is None:
-            placement = rank_table_placement(t, o.rank_table) if o.rank_table else round_robin_placement
-        self.where = agree(t, lambda: placement(setup.targets, t.size))
+        self.where = place_targets(t, o, setup, placement)
         self.job = plan_job(setup, self.where, o.strict)
         self.stats.phases.update({k: round(v, 4) for k, v in self.job.timings.items()})
         clock = time.perf_counter()
@@ -184,7 +190,7 @@ class _Run:
         fault_point("after-plan", t.rank)
         self.stats.targets = self._mine()
         todo = {tr: p for tr, p in self.job.plans.items() if tr not in kept}
-        moves = Moves(todo, self.job.seers, self.job.visible, self.job.metas, self.job.file_ids, self.job.sources)
+        moves = self.job.moves(todo)
         written = execute(t, moves, self.path_of, self.opts.max_buffer, self.stats, self._record_progress,
                           self.opts.show_progress)
         clock = time.perf_counter()

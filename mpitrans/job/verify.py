@@ -21,7 +21,7 @@ from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
 from mpitrans.job.options import JobOptions
 from mpitrans.job.prepare import plan_job, start
-from mpitrans.job.rounds import Moves, Rounds, chunk_size, my_chunks, run_with_sink
+from mpitrans.job.rounds import Rounds, chunk_size, my_chunks, run_with_sink
 from mpitrans.job.run import round_robin_placement
 from mpitrans.job.sinks import ChunkSink
 from mpitrans.job.sources import SourceFiles
@@ -160,7 +160,7 @@ def verify_job(opts: JobOptions, t: Transport) -> list[TargetResult]:
     mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
     comparer = _Comparer(mine, path_of, chunk_size(opts.max_buffer, t.size), ordered)
     files = SourceFiles(job.visible, job.metas, job.sources)
-    moves = Moves({p.rank: p for p in mine}, job.seers, job.visible, job.metas, job.file_ids, job.sources)
+    moves = job.moves({p.rank: p for p in mine})
     chunks = my_chunks(t, moves, comparer.chunk_hint)
     sink = comparer if mine else None
     run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)

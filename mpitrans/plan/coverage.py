@@ -22,16 +22,21 @@ log = logging.getLogger("mpitrans")
 
 
 def needed_sources(src: StrategyFile | None, dst: StrategyFile | None, prefix: str) -> set[int]:
-    """MindSpore's rule for the files a transform loads: one stage's ranks for a single-stage source,
-    otherwise the union of every target's `rank_list_for_transform`."""
+    """MindSpore's rule for the files a whole transform loads (every target's; see `needed_by`)."""
     shape_only = Planner(src, dst, {}, prefix)
-    if shape_only.by_stage:
-        assert src is not None
-        first = src.stage * shape_only.src_stage_devices
-        return set(range(first, first + shape_only.src_stage_devices))
+    return needed_by(shape_only, shape_only.target_ranks())
+
+
+def needed_by(planner: Planner, targets: Collection[int]) -> set[int]:
+    """MindSpore's rule for the files `targets` are built from: one stage's ranks for a single-stage
+    source, otherwise the union of the targets' `rank_list_for_transform`."""
+    if planner.by_stage:
+        assert planner.src is not None
+        first = planner.src.stage * planner.src_stage_devices
+        return set(range(first, first + planner.src_stage_devices))
     need: set[int] = set()
-    for tr in shape_only.target_ranks():
-        need.update(shape_only.rank_list(tr) if src is not None else [0])
+    for tr in targets:
+        need.update(planner.rank_list(tr) if planner.src is not None else [0])
     return need
 
 
