@@ -48,9 +48,19 @@ def decide_readers(t: Transport, plans: Mapping[int, TargetPlan], seers: Mapping
                    file_ids: Mapping[int, Mapping[int, tuple]]) -> ReaderTable:
     """Collective: the reader of every region of this process's `plans`."""
     wants: list[list] = [[] for _ in range(t.size)]
+    table: ReaderTable = {}
+    me = t.rank
+    mine = {g for g, procs in seers.items() if me in procs}  # source files this process sees
     for tr in sorted(plans):
         for ki, tensor in enumerate(plans[tr].tensors):
             for ri, region in enumerate(tensor.regions):
+                if tensor.unique:
+                    # Wanted by this writer only: if it sees a candidate, it reads it itself (rule 1 of
+                    # `plan.assign`, what the owner would answer); nobody else needs to hear of it.
+                    local = next((g for g in region.candidates if g in mine), None)
+                    if local is not None:
+                        table[(tr, ki, ri)] = (me, local)
+                        continue
                 key = region_key(tensor.name, region)
                 wants[_owner(key, t.size)].append((tensor.name, region.src_box, region.candidates, region.dst_box,
                                                    tr, ki, ri))
@@ -66,7 +76,6 @@ def decide_readers(t: Transport, plans: Mapping[int, TargetPlan], seers: Mapping
         choices = assign_region(chooser, key, who[0][4], [w for _, _, _, w, _ in who])
         for (tr, ki, ri, w, _), (reader, g) in zip(who, choices, strict=True):
             answers[w].append([tr, ki, ri, reader, g])
-    table: ReaderTable = {}
     for blob in t.alltoall_bytes([marshal.dumps(a) for a in answers]):
         for tr, ki, ri, reader, g in marshal.loads(blob):
             table[(tr, ki, ri)] = (reader, g)

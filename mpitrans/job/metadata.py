@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 from collections.abc import Iterable
 
 from mpitrans.job.agree import agree
@@ -48,10 +49,10 @@ class SourceMetadata:
         asks: list[list[str]] = [[] for _ in range(self.t.size)]
         for h in missing:
             asks[owner[h]].append(h)
-        inbox = self.t.alltoall_bytes([json.dumps(a).encode() for a in asks])
-        replies = [json.dumps({h: self.blobs[h].decode() for h in json.loads(b)}).encode() for b in inbox]
+        inbox = self.t.alltoall_bytes([marshal.dumps(a) for a in asks])
+        replies = [marshal.dumps({h: self.blobs[h] for h in marshal.loads(b)}) for b in inbox]
         for blob in self.t.alltoall_bytes(replies):
-            self.blobs.update({h: v.encode() for h, v in json.loads(blob).items()})
+            self.blobs.update(marshal.loads(blob))
 
     def metas(self, files: Iterable[int]) -> dict[int, list[TensorMeta]]:
         """Metadata of those of `files` this process holds; files of one structure share one list."""

@@ -231,6 +231,11 @@ def flatten_layout(layout: ParamLayout | None, full_shape: Sequence[int]) -> Fla
     return FlatLayout(tuple(dev), tuple(int(e) for e in tmap), tuple(shape), tuple(groups))
 
 
+def shard_count(flat: FlatLayout) -> int:
+    """How many distinct boxes the layout cuts the tensor into (its devices hold that many, or replicas)."""
+    return prod(_axis_size(flat.dev_matrix, axis) for axis in flat.tensor_map if axis != -1)
+
+
 def rank_coordinate(rank: int, dev_matrix: Sequence[int]) -> list[int]:
     """Row-major coordinate of a rank in the device matrix (last axis fastest)."""
     coord = [0] * len(dev_matrix)

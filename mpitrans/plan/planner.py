@@ -33,6 +33,7 @@ from mpitrans.plan.layout import (
     flatten_layout,
     origin_shape,
     relative,
+    shard_count,
     tensor_strategy,
 )
 from mpitrans.plan.needed_ranks import RankListBasis, device_count, rank_list_basis, rank_list_from
@@ -63,6 +64,9 @@ class OutTensor:
     dtype: str
     shape: tuple[int, ...]
     regions: tuple[Region, ...]
+    # No other target of the job holds this box of the tensor: its regions are wanted by this target only,
+    # so the process writing it can choose their readers alone (see `job.exchange`).
+    unique: bool = False
 
 
 @dataclass
@@ -82,6 +86,7 @@ class _Template:
     stages: tuple[int, ...]  # source pipeline stages holding the parameter (to name missing files)
     # (box in the target, box in each holding shard, local source ranks holding it, lowest first)
     pieces: tuple[tuple[Box, Box, tuple[int, ...]], ...]
+    unique: bool  # no other target rank holds the same box (see `OutTensor.unique`)
 
 
 @dataclass
@@ -98,7 +103,7 @@ class _Target:
 
 
 def _geometry(key: int, name: str, local: int, shard_shape: tuple[int, ...], src_layout: ParamLayout | None,
-              dst_layout: ParamLayout | None) -> _Template:
+              dst_layout: ParamLayout | None, targets: int) -> _Template:
     """Compute a template; `name` only labels errors (the first parameter of the class met)."""
     full_shape = origin_shape(shard_shape, src_layout)
     for side, layout in (("source", src_layout), ("destination", dst_layout)):
@@ -112,7 +117,11 @@ def _geometry(key: int, name: str, local: int, shard_shape: tuple[int, ...], src
     pieces = tuple((relative(common, target_box), relative(common, box), tuple(members))
                    for box, common, members in overlapping_shards(src_flat, target_box))
     stages = src_layout.stages if src_layout is not None else (0,)
-    return _Template(key, box_shape(target_box), stages, pieces)
+    # One holder per box: the layout spans exactly the stage's `targets` devices, each with its own box,
+    # and the parameter lives in one target stage.
+    unique = (dst_flat.device_num == targets and shard_count(dst_flat) == targets
+              and (dst_layout is None or len(dst_layout.stages) <= 1))
+    return _Template(key, box_shape(target_box), stages, pieces, unique)
 
 
 def _stage_layouts(strategy: StrategyFile) -> dict[tuple[int, str], tuple]:
@@ -335,7 +344,7 @@ class Planner:
                 f"parameter {name!r}: no source checkpoint holding it was found "
                 f"(source ranks {sorted({g for r in regions for g in r.candidates})})"
             )
-        return OutTensor(name, self.catalog.by_name[supplier][name].dtype, tpl.shape, regions)
+        return OutTensor(name, self.catalog.by_name[supplier][name].dtype, tpl.shape, regions, tpl.unique)
 
     def _regions(self, name: str, tpl: _Template, loaded: LoadOrder) -> tuple[tuple[Region, ...], int | None]:
         """The template's regions with `name`'s candidates (the same for every name of its holder class),
@@ -371,7 +380,8 @@ class Planner:
         key = (tuple(shard_shape), src_layout, dst_layout)
         tpl = cache.get(key)
         if tpl is None:
-            tpl = cache[key] = _geometry(next(self._template_keys), name, local, key[0], src_layout, dst_layout)
+            tpl = cache[key] = _geometry(next(self._template_keys), name, local, key[0], src_layout, dst_layout,
+                                         self.dst_stage_devices)
         return tpl
 
 
