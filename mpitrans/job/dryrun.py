@@ -51,9 +51,10 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     """Collective: the job's plan and its traffic, the same on every process; writes nothing. Each
     process counts its own part (what it writes, reads, sends and receives); the parts are gathered."""
     setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.selection())
-    job = plan_job(setup, place_targets(t, opts, setup, placement), opts.strict)
+    where = place_targets(t, opts, setup, placement)
+    job = plan_job(setup, where, opts.strict)
     chunk_bytes = chunk_size(opts.max_buffer, t.size)
-    moves = job.moves(job.plans)
+    moves = job.moves(job.plans, where)
     chunks = my_chunks(t, moves, chunk_bytes)
     asks = exchange_asks(t, chunks)
     me, targets = _count(t.rank, job.plans, job.stems, chunks, asks, opts.output_format)

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from mpitrans.job.transport import Transport
-from mpitrans.plan.assign import ReaderTable, assign_region, new_chooser, region_key
+from mpitrans.plan.assign import Alone, ReaderTable, assign_region, new_chooser, region_key
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.plan.schedule import Chunk
 
@@ -45,21 +45,21 @@ def _owner(key: tuple, nprocs: int) -> int:
 
 
 def decide_readers(t: Transport, plans: Mapping[int, TargetPlan], seers: Mapping[int, Sequence[int]],
-                   file_ids: Mapping[int, Mapping[int, tuple]]) -> ReaderTable:
-    """Collective: the reader of every region of this process's `plans`."""
+                   file_ids: Mapping[int, Mapping[int, tuple]], where: Mapping[int, int] | None = None) -> ReaderTable:
+    """Collective: the reader of every region of this process's `plans`. `where` (target -> process, for
+    every target of the job) lets a writer decide alone the regions whose wanting writers it can name."""
     wants: list[list] = [[] for _ in range(t.size)]
     table: ReaderTable = {}
-    me = t.rank
-    mine = {g for g, procs in seers.items() if me in procs}  # source files this process sees
+    alone = Alone(seers, file_ids)
+    writers_of = _Writers(where or {})
     for tr in sorted(plans):
         for ki, tensor in enumerate(plans[tr].tensors):
+            writers, pos = writers_of(tensor.holders, tr)
             for ri, region in enumerate(tensor.regions):
-                if tensor.unique:
-                    # Wanted by this writer only: if it sees a candidate, it reads it itself (rule 1 of
-                    # `plan.assign`, what the owner would answer); nobody else needs to hear of it.
-                    local = next((g for g in region.candidates if g in mine), None)
-                    if local is not None:
-                        table[(tr, ki, ri)] = (me, local)
+                if writers:
+                    choices = alone.choices(region.candidates, writers)
+                    if choices is not None:
+                        table[(tr, ki, ri)] = choices[pos]
                         continue
                 key = region_key(tensor.name, region)
                 wants[_owner(key, t.size)].append((tensor.name, region.src_box, region.candidates, region.dst_box,
@@ -80,6 +80,27 @@ def decide_readers(t: Transport, plans: Mapping[int, TargetPlan], seers: Mapping
         for tr, ki, ri, reader, g in marshal.loads(blob):
             table[(tr, ki, ri)] = (reader, g)
     return table
+
+
+class _Writers:
+    """The processes writing a tensor box's holders, in target order, and a target's place among them."""
+
+    def __init__(self, where: Mapping[int, int]) -> None:
+        self.where = where
+        # (id of a holders tuple, target) -> (that tuple, kept alive so its id stays its own, writers, place)
+        self._seen: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...], int]] = {}
+
+    def __call__(self, holders: tuple[int, ...], target: int) -> tuple[tuple[int, ...], int]:
+        key = (id(holders), target)  # plans share one holders tuple per template: no hashing of long tuples
+        found = self._seen.get(key)
+        if found is None:
+            held = [h for h in holders if h in self.where]
+            if target in held:
+                found = (holders, tuple(self.where[h] for h in held), held.index(target))
+            else:  # the planner did not name this target's peers: let the owner decide
+                found = (holders, (), 0)
+            self._seen[key] = found
+        return found[1], found[2]
 
 
 def exchange_asks(t: Transport, chunks: Sequence[Chunk]) -> dict[int, dict[int, list[Ask]]]:

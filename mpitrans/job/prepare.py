@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mpitrans import strategy
@@ -54,9 +55,10 @@ class Job:
     def visible(self) -> dict[int, str]:
         return self.inventory.visible
 
-    def moves(self, plans: dict[int, TargetPlan]) -> Moves:
-        """What the byte-moving phase needs to assemble `plans` (some or all of this process's)."""
-        return Moves(plans, self.seers, self.visible, self.metas, self.file_ids, self.sources)
+    def moves(self, plans: dict[int, TargetPlan], where: Mapping[int, int] | None = None) -> Moves:
+        """What the byte-moving phase needs to assemble `plans` (some or all of this process's); `where`:
+        the process writing each target of the job, when every process agreed on it."""
+        return Moves(plans, self.seers, self.visible, self.metas, self.file_ids, self.sources, where)
 
     @property
     def seers(self) -> dict[int, list[int]]:

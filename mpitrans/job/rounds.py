@@ -40,6 +40,7 @@ class Moves:
     metas: dict[int, list[TensorMeta]]
     file_ids: Mapping[int, Mapping[int, tuple]]
     sources: SourceMetadata | None = None  # exported indexes (None: each reader indexes its files)
+    where: Mapping[int, int] | None = None  # every target of the job -> the process writing it
 
 
 def chunk_size(max_buffer: int, nprocs: int) -> int:
@@ -50,7 +51,7 @@ def chunk_size(max_buffer: int, nprocs: int) -> int:
 
 def my_chunks(t: Transport, moves: Moves, chunk_bytes: int) -> list[Chunk]:
     """Collective (the reader decisions): this process's chunks, with a reader for every piece."""
-    table = decide_readers(t, moves.plans, moves.seers, moves.file_ids)
+    table = decide_readers(t, moves.plans, moves.seers, moves.file_ids, moves.where)
     return list(build_chunks([moves.plans[tr] for tr in sorted(moves.plans)], chunk_bytes, table))
 
 

@@ -190,7 +190,7 @@ class _Run:
         fault_point("after-plan", t.rank)
         self.stats.targets = self._mine()
         todo = {tr: p for tr, p in self.job.plans.items() if tr not in kept}
-        moves = self.job.moves(todo)
+        moves = self.job.moves(todo, self.where)
         written = execute(t, moves, self.path_of, self.opts.max_buffer, self.stats, self._record_progress,
                           self.opts.show_progress)
         clock = time.perf_counter()

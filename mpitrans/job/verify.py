@@ -160,7 +160,7 @@ def verify_job(opts: JobOptions, t: Transport) -> list[TargetResult]:
     mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
     comparer = _Comparer(mine, path_of, chunk_size(opts.max_buffer, t.size), ordered)
     files = SourceFiles(job.visible, job.metas, job.sources)
-    moves = job.moves({p.rank: p for p in mine})
+    moves = job.moves({p.rank: p for p in mine}, where)
     chunks = my_chunks(t, moves, comparer.chunk_hint)
     sink = comparer if mine else None
     run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)

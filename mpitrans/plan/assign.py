@@ -81,6 +81,36 @@ def assign_region(chooser: _Chooser, key: RegionKey, dst_box: tuple, writers: Se
     return [chooser.choose(w, name, region) for w in writers]
 
 
+class Alone:
+    """The choices for a region every writer can work out by itself: the writers wanting it are known
+    (the processes of the targets holding the same box, in target order) and the first of them sees a
+    candidate, so rules 1 and 2 decide them all and no load count is involved. The outcome equals what
+    the region's owner would decide; it depends only on (candidates, writers), so it is computed once per
+    such pair."""
+
+    def __init__(self, seers: Mapping[int, Sequence[int]], file_ids: FileIds | None = None) -> None:
+        self.seers = seers
+        self.file_ids = file_ids or {}
+        # (candidates, id of a writers tuple) -> (that tuple, kept alive, choices)
+        self._seen: dict[tuple, tuple[tuple[int, ...], list[tuple[int, int]] | None]] = {}
+
+    def choices(self, candidates: tuple[int, ...], writers: tuple[int, ...]) -> list[tuple[int, int]] | None:
+        """(reader, source rank) per writer, or None when the first writer sees no candidate (the owner
+        then decides, balancing load). Callers pass one shared tuple per writer list."""
+        key = (candidates, id(writers))
+        found = self._seen.get(key)
+        if found is not None:
+            return found[1]
+        first = writers[0]
+        out = None
+        if any(first in self.seers.get(g, ()) for g in candidates):
+            chooser = _Chooser(self.seers, self.file_ids)
+            region = Region((), (), candidates)
+            out = [chooser.choose(w, "", region) for w in writers]
+        self._seen[key] = (writers, out)
+        return out
+
+
 def new_chooser(seers: Mapping[int, Sequence[int]], file_ids: FileIds | None = None) -> _Chooser:
     return _Chooser(seers, file_ids or {})
 

@@ -231,9 +231,20 @@ def flatten_layout(layout: ParamLayout | None, full_shape: Sequence[int]) -> Fla
     return FlatLayout(tuple(dev), tuple(int(e) for e in tmap), tuple(shape), tuple(groups))
 
 
-def shard_count(flat: FlatLayout) -> int:
-    """How many distinct boxes the layout cuts the tensor into (its devices hold that many, or replicas)."""
-    return prod(_axis_size(flat.dev_matrix, axis) for axis in flat.tensor_map if axis != -1)
+def box_holders(flat: FlatLayout, rank: int, devices: int) -> tuple[int, ...]:
+    """The ranks in [0, devices) that hold the same box as `rank` (itself included), lowest first: those
+    agreeing with it on every device axis the tensor map uses, repeated every `device_num` ranks."""
+    dev = flat.dev_matrix
+    n = flat.device_num
+    if devices % n:
+        return tuple(r for r in range(devices) if device_box(flat, r) == device_box(flat, rank))
+    used = {len(dev) - 1 - axis for axis in flat.tensor_map if axis != -1}
+    coord = rank_coordinate(rank % n, dev)
+    ranks = [0]
+    for i, size in enumerate(dev):
+        values = (coord[i],) if i in used else range(size)
+        ranks = [r * size + v for r in ranks for v in values]
+    return tuple(sorted(r + k * n for k in range(devices // n) for r in ranks))
 
 
 def rank_coordinate(rank: int, dev_matrix: Sequence[int]) -> list[int]:

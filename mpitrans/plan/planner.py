@@ -28,12 +28,12 @@ from mpitrans.plan.catalog import LoadOrder, SourceCatalog, distinct_lists, per_
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter
 from mpitrans.plan.layout import (
     Box,
+    box_holders,
     box_shape,
     device_box,
     flatten_layout,
     origin_shape,
     relative,
-    shard_count,
     tensor_strategy,
 )
 from mpitrans.plan.needed_ranks import RankListBasis, device_count, rank_list_basis, rank_list_from
@@ -64,9 +64,10 @@ class OutTensor:
     dtype: str
     shape: tuple[int, ...]
     regions: tuple[Region, ...]
-    # No other target of the job holds this box of the tensor: its regions are wanted by this target only,
-    # so the process writing it can choose their readers alone (see `job.exchange`).
-    unique: bool = False
+    # Every target rank holding this same box of the tensor (this one included), lowest first; empty where
+    # the planner does not know them. The processes writing them want the same regions, so each can work
+    # out alone who reads what for all of them (see `job.exchange`).
+    holders: tuple[int, ...] = ()
 
 
 @dataclass
@@ -86,7 +87,7 @@ class _Template:
     stages: tuple[int, ...]  # source pipeline stages holding the parameter (to name missing files)
     # (box in the target, box in each holding shard, local source ranks holding it, lowest first)
     pieces: tuple[tuple[Box, Box, tuple[int, ...]], ...]
-    unique: bool  # no other target rank holds the same box (see `OutTensor.unique`)
+    holders: tuple[int, ...]  # target local ranks holding the same box (see `OutTensor.holders`), or ()
 
 
 @dataclass
@@ -100,6 +101,15 @@ class _Target:
     dst_map: dict[str, ParamLayout] | None
     # (template key, holder class) -> (regions, file supplying the dtype): names of one class share them
     regions: dict[tuple[int, int], tuple[tuple[Region, ...], int | None]] = field(default_factory=dict)
+    _holders: dict[int, tuple[int, ...]] = field(default_factory=dict)  # template key -> global ranks
+
+    def holders(self, tpl: _Template) -> tuple[int, ...]:
+        """The template's holders as global target ranks (one shared tuple per template)."""
+        found = self._holders.get(tpl.key)
+        if found is None:
+            offset = self.rank - self.local
+            found = self._holders[tpl.key] = tuple(offset + r for r in tpl.holders)
+        return found
 
 
 def _geometry(key: int, name: str, local: int, shard_shape: tuple[int, ...], src_layout: ParamLayout | None,
@@ -117,11 +127,10 @@ def _geometry(key: int, name: str, local: int, shard_shape: tuple[int, ...], src
     pieces = tuple((relative(common, target_box), relative(common, box), tuple(members))
                    for box, common, members in overlapping_shards(src_flat, target_box))
     stages = src_layout.stages if src_layout is not None else (0,)
-    # One holder per box: the layout spans exactly the stage's `targets` devices, each with its own box,
-    # and the parameter lives in one target stage.
-    unique = (dst_flat.device_num == targets and shard_count(dst_flat) == targets
-              and (dst_layout is None or len(dst_layout.stages) <= 1))
-    return _Template(key, box_shape(target_box), stages, pieces, unique)
+    # A parameter of several target stages is held in each: its holders are not one stage's ranks.
+    one_stage = dst_layout is None or len(dst_layout.stages) <= 1
+    holders = box_holders(dst_flat, local, targets) if one_stage else ()
+    return _Template(key, box_shape(target_box), stages, pieces, holders)
 
 
 def _stage_layouts(strategy: StrategyFile) -> dict[tuple[int, str], tuple]:
@@ -344,7 +353,8 @@ class Planner:
                 f"parameter {name!r}: no source checkpoint holding it was found "
                 f"(source ranks {sorted({g for r in regions for g in r.candidates})})"
             )
-        return OutTensor(name, self.catalog.by_name[supplier][name].dtype, tpl.shape, regions, tpl.unique)
+        return OutTensor(name, self.catalog.by_name[supplier][name].dtype, tpl.shape, regions,
+                         target.holders(tpl))
 
     def _regions(self, name: str, tpl: _Template, loaded: LoadOrder) -> tuple[tuple[Region, ...], int | None]:
         """The template's regions with `name`'s candidates (the same for every name of its holder class),
