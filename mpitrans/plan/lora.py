@@ -93,7 +93,7 @@ class LoraMerge:
                 raise MpitransError(f"LoRA merge: parameters {out[pair.weight].a!r} and {name!r} both update "
                                     f"{pair.weight!r}")
             out[pair.weight] = pair
-        if not out:
+        if names and not out:  # (a process that plans no target sees no names)
             raise MpitransError("--lora-merge: the source checkpoints hold no LoRA factor (no parameter name "
                                 "contains lora_a, lora_A or mindpet_delta_lora_a)")
         return out

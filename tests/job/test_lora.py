@@ -2,10 +2,10 @@
 mpirun (1 and 2 processes) and through the Python API, on dp/mp and pipeline sources, full and
 distributed targets (`tests/support/lora_oracle.py` builds the reference).
 
-Tolerance: the merged weights may differ from MindSpore's `ops.mm` by at most 1 ulp of the weight's type
-(mpitrans sums the rank in a fixed order, MindSpore's matmul in its own; bfloat16 and float16 are
-rounded once from float32 by both, so they nearly always agree exactly). Every other parameter, and the
-parameter order, names, types and shapes, must be identical.
+Tolerance: none against the formula evaluated with MindSpore ops summing the rank in mpitrans' fixed
+order (k = 0, 1, ...): every byte equal, whatever the dtype (float32, float16, bfloat16) and however the
+weight is cut. Against `ops.mm` (its own summation order): merged 16-bit weights within 1 ulp, float32
+within 4 epsilons of the largest element. Parameter order is MindSpore's own reshard's order.
 """
 
 from __future__ import annotations
@@ -58,9 +58,26 @@ def built(tmp_path_factory):
 
 def _ordered(raw: bytes, dtype: str) -> np.ndarray:
     """Bit patterns as integers ordered like the values, so adjacent floats differ by 1."""
-    bits = np.frombuffer(raw, dtype="<u2" if dtype in ("BFloat16", "Float16") else "<u4").astype(np.int64)
-    sign = np.int64(1) << (bits.itemsize * 8 - 1 if dtype not in ("BFloat16", "Float16") else 15)
+    width = 16 if dtype in ("BFloat16", "Float16") else 32
+    bits = np.frombuffer(raw, dtype=f"<u{width // 8}").astype(np.int64)
+    sign = 1 << (width - 1)
     return np.where(bits & sign, -(bits & (sign - 1)), bits)
+
+
+def _assert_near_mm(mm_dir, out_dir) -> None:
+    """Against `ops.mm`'s own summation order: 16-bit weights within 1 ulp; float32 within 4 float32
+    epsilons of the largest term (a sum of r products can cancel far below its terms' size)."""
+    for path in mm_dir.rglob("*.ckpt"):
+        got = {r.name: r for r in read_checkpoint(out_dir / path.relative_to(mm_dir))}
+        for w in read_checkpoint(path):
+            if w.name not in MERGED:
+                continue
+            r = got[w.name]
+            if r.dtype == "Float32":
+                x, y = np.frombuffer(r.data, "<f4"), np.frombuffer(w.data, "<f4")
+                assert np.abs(x - y).max() <= 4 * np.finfo(np.float32).eps * max(np.abs(y).max(), 1.0), w.name
+            else:
+                assert np.abs(_ordered(r.data, r.dtype) - _ordered(w.data, w.dtype)).max() <= 1, w.name
 
 
 def _assert_merged(expected_dir, out_dir, plain_order_dir) -> None:
@@ -76,12 +93,8 @@ def _assert_merged(expected_dir, out_dir, plain_order_dir) -> None:
         assert set(want) == {r.name for r in got}
         for r in got:
             w = want[r.name]
-            assert (r.dtype, r.dims) == (w.dtype, w.dims), r.name
-            if r.name in MERGED:
-                diff = np.abs(_ordered(r.data, r.dtype) - _ordered(w.data, w.dtype))
-                assert diff.max() <= 1, f"{rel} {r.name}: {diff.max()} ulp"
-            else:
-                assert r.data == w.data, f"{rel} {r.name}"
+            assert (r.dtype, r.dims, r.data) == (w.dtype, w.dims, w.data), f"{rel} {r.name}"
+    _assert_near_mm(expected_dir.parent / "expected_mm", out_dir)
 
 
 def _args(files, out) -> list[str]:

@@ -2,10 +2,11 @@
 
 MindFormers merges the sources into one full checkpoint with `mindspore.transform_checkpoints`, then
 replaces each weight by `W + mm(B, A) * lora_scaling` and leaves every `lora_` name out. Here the formula
-runs with MindSpore ops in float32 (`ops.mm` on the widened factors, `ops.add`, one cast back to W's
-type), which is what mpitrans promises; a distributed target is that merged full checkpoint resharded
-by `mindspore.transform_checkpoints` (no source strategy) to the destination strategy. Run as a
-subprocess (it imports mindspore):
+runs with MindSpore ops in float32 (the factors widened, one cast back to W's type), which is what
+mpitrans promises, twice: `expected/` sums the rank in mpitrans' order (k = 0, 1, ...; comparable byte
+for byte), `expected_mm/` with `ops.mm` as the script does (its own order: equal within rounding). A
+distributed target is the merged full checkpoint resharded by `mindspore.transform_checkpoints` (no
+source strategy) to the destination strategy. Run as a subprocess (it imports mindspore):
 
     python -m tests.support.lora_oracle JOBS.json  # [{"src_dir", "src", "dst", "scaling", "work"}, ...]
 
@@ -50,7 +51,21 @@ def expected_merged(jobs: list[dict], work: Path) -> None:
                    cwd=REPO, timeout=600)
 
 
-def _merge(ms, path: str, out: str, scaling: float) -> None:
+def _product(ms, b, a, ordered: bool):
+    """B @ A in float32: `ops.mm`, or (`ordered`) the rank sum taken k = 0, 1, ... with `ops.mul`/`ops.add`,
+    the order mpitrans promises (so float32 results can be compared exactly)."""
+    from mindspore import ops
+
+    b, a = b.astype(ms.float32), a.astype(ms.float32)
+    if not ordered:
+        return ops.mm(b, a)
+    acc = ops.mul(b[:, 0:1], a[0:1, :])
+    for k in range(1, b.shape[1]):
+        acc = ops.add(acc, ops.mul(b[:, k:k + 1], a[k:k + 1, :]))
+    return acc
+
+
+def _merge(ms, path: str, out: str, scaling: float, ordered: bool) -> None:
     """transform_ckpt_lora.py's loop, the product in float32."""
     from mindspore import ops
 
@@ -63,8 +78,8 @@ def _merge(ms, path: str, out: str, scaling: float) -> None:
         b_key = k.replace("lora_a", "lora_b").replace(".lora_A", ".lora_B")
         w = params[w_key]
         f32 = ms.float32
-        delta = ops.mm(params[b_key].astype(f32), params[k].astype(f32)) * scaling
-        merged[w_key] = ms.Parameter(ops.add(w.astype(f32), delta).astype(w.dtype), name=w_key)
+        delta = ops.mul(_product(ms, params[b_key], params[k], ordered), ms.Tensor(scaling, f32))
+        merged[w_key] = ops.add(w.astype(f32), delta).astype(w.dtype)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     ms.save_checkpoint([{"name": k, "data": v} for k, v in merged.items()], out)
 
@@ -75,10 +90,11 @@ def _main(job_file: str) -> None:
     for job in json.loads(Path(job_file).read_text()):
         work = Path(job["work"])
         ms.transform_checkpoints(job["src_dir"], str(work / "full"), PREFIX, job["src"], None)
-        target = work / ("merged" if job["dst"] else "expected") / "rank_0" / f"{PREFIX}0.ckpt"
-        _merge(ms, str(work / "full" / "rank_0" / f"{PREFIX}0.ckpt"), str(target), job["scaling"])
-        if job["dst"]:
-            ms.transform_checkpoints(str(work / "merged"), str(work / "expected"), PREFIX, None, job["dst"])
+        for ordered, name in ((True, "expected"), (False, "expected_mm")):
+            target = work / (f"merged_{name}" if job["dst"] else name) / "rank_0" / f"{PREFIX}0.ckpt"
+            _merge(ms, str(work / "full" / "rank_0" / f"{PREFIX}0.ckpt"), str(target), job["scaling"], ordered)
+            if job["dst"]:
+                ms.transform_checkpoints(str(target.parent.parent), str(work / name), PREFIX, None, job["dst"])
 
 
 if __name__ == "__main__":
