@@ -84,11 +84,11 @@ class LoraMerge:
             if not ("lora_a" in name or "lora_A" in name) or name.split(".")[0] in _SKIPPED_STATES:
                 continue
             pair = LoraPair(weight_of(name), b_of(name), name)
-            for needed, what in ((pair.weight, "the weight it updates"), (pair.b, "its B factor")):
+            for needed, what in ((pair.weight, "weight"), (pair.b, "B factor")):
                 if needed not in present or needed == name:
-                    raise MpitransError(f"LoRA merge: parameter {name!r} has no {what} {needed!r} in the source "
-                                        f"checkpoints (names are paired as MindFormers' transform_ckpt_lora.py "
-                                        f"pairs them)")
+                    raise MpitransError(f"LoRA merge: the {what} of parameter {name!r} would be {needed!r}, which "
+                                        f"is not in the source checkpoints (names are paired as MindFormers' "
+                                        f"transform_ckpt_lora.py pairs them)")
             if pair.weight in out:
                 raise MpitransError(f"LoRA merge: parameters {out[pair.weight].a!r} and {name!r} both update "
                                     f"{pair.weight!r}")
