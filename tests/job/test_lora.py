@@ -114,6 +114,16 @@ def test_merge_matches_mindformers_formula_under_mpirun(built, tmp_path, name, n
     _assert_merged(expected, out, files.expected_dir)
 
 
+def test_yaml_config(built, tmp_path):
+    files, expected = built["dp2mp2_to_full"]
+    cfg, out = tmp_path / "mpitrans.yaml", tmp_path / "out"
+    cfg.write_text("lora_merge: true\nlora_scaling: 16/8\n")
+    res = mpirun(2, ["--config", str(cfg), *_args(files, out)])
+    assert res.returncode == 0, res.stderr
+    (out / "mpitrans_manifest.json").unlink()
+    _assert_merged(expected, out, files.expected_dir)
+
+
 def test_api_and_verify(built, tmp_path):
     files, expected = built["dp1mp2_to_dp2mp2"]
     out = tmp_path / "out"
