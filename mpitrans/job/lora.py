@@ -3,8 +3,8 @@
 The planner (`plan/lora.py`, `plan/planner.py`) puts, just before each merged weight of a target, the
 rows of `B` and the columns of `A` that the target's box of the weight needs, as auxiliary tensors. The
 writer keeps those two small slices (out_box x r and r x in_box elements) and, for every run of the
-weight's elements a chunk brings, computes `W + (B @ A) * scaling` on that run only: memory stays one
-chunk plus the slices, however large the weight.
+weight's elements a chunk brings, computes `W + (B @ A) * scaling` on that run only, `TILE` elements at a
+time: memory stays the chunk, its merged copy, the slices and a few MiB, however large the weight.
 
 Arithmetic is float32 (the weight and the factors are widened), with the rank sum taken in a fixed
 order (k = 0, 1, ... r-1), so an element's result does not depend on how the weight is cut into targets
@@ -14,6 +14,7 @@ once to the weight's type: round-to-nearest-even for bfloat16 (as MindSpore cast
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from math import prod
 
 import numpy as np
@@ -22,6 +23,9 @@ from mpitrans.metadata import itemsize
 from mpitrans.plan.lora import ROLE_A, ROLE_B
 from mpitrans.plan.planner import OutTensor
 from mpitrans.plan.schedule import contiguous_boxes
+
+# Elements merged per step: the float32 temporaries (tile, product, one rank term) stay a few MiB.
+TILE = 1 << 18
 
 
 def to_float32(raw: bytes | memoryview, dtype: str) -> np.ndarray:
@@ -45,10 +49,13 @@ def from_float32(x: np.ndarray, dtype: str) -> bytes:
 
 def lora_delta(b: np.ndarray, a: np.ndarray, scaling: float) -> np.ndarray:
     """(b @ a) * scaling in float32, the rank sum in the fixed order k = 0..r-1 (see the module note)."""
-    acc = np.zeros((b.shape[0], a.shape[1]), dtype=np.float32)
+    shape = (b.shape[0], a.shape[1])
+    acc, term = np.zeros(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)
     for k in range(b.shape[1]):
-        acc += b[:, k:k + 1] * a[k:k + 1, :]
-    return acc * np.float32(scaling)
+        np.multiply(b[:, k:k + 1], a[k:k + 1, :], out=term)
+        acc += term
+    acc *= np.float32(scaling)
+    return acc
 
 
 class LoraMerger:
@@ -75,14 +82,31 @@ class LoraMerger:
         return self._f32[role]
 
     def merge(self, tensor: OutTensor, start: int, stop: int, data: memoryview) -> bytes:
-        """The merged bytes of elements [start, stop) of the weight `tensor` (its shard in this target)."""
+        """The merged bytes of elements [start, stop) of the weight `tensor` (its shard in this target),
+        computed one tile of at most `TILE` elements at a time."""
         b, a = self._factor(ROLE_B), self._factor(ROLE_A)
-        w = to_float32(data, tensor.dtype)
-        out = np.empty_like(w)
+        isz = itemsize(tensor.dtype)
+        out = bytearray(len(data))
         for ((r0, r1), (c0, c1)), off in contiguous_boxes(tensor.shape, start, stop):
-            n = (r1 - r0) * (c1 - c0)
-            tile = w[off:off + n].reshape(r1 - r0, c1 - c0)
-            out[off:off + n] = (tile + lora_delta(b[r0:r1], a[:, c0:c1], tensor.lora_scaling)).ravel()
+            for (t0, t1, u0, u1), rel in _tiles(r0, r1, c0, c1):
+                lo, hi = (off + rel) * isz, (off + rel + (t1 - t0) * (u1 - u0)) * isz
+                tile = to_float32(data[lo:hi], tensor.dtype).reshape(t1 - t0, u1 - u0)
+                tile += lora_delta(b[t0:t1], a[:, u0:u1], tensor.lora_scaling)
+                out[lo:hi] = from_float32(tile, tensor.dtype)
         if stop == prod(tensor.shape):
             self._f32.clear()
-        return from_float32(out, tensor.dtype)
+        return bytes(out)
+
+
+def _tiles(r0: int, r1: int, c0: int, c1: int) -> Iterator[tuple[tuple[int, int, int, int], int]]:
+    """A C-contiguous box of the weight cut into tiles of at most `TILE` elements (whole rows of the box,
+    or pieces of one row when a row is longer), each with its element offset in the box."""
+    width = c1 - c0
+    if width <= TILE:
+        step = max(1, TILE // max(width, 1))
+        for i in range(r0, r1, step):
+            yield (i, min(r1, i + step), c0, c1), (i - r0) * width
+        return
+    for i in range(r0, r1):
+        for j in range(c0, c1, TILE):
+            yield (i, i + 1, j, min(c1, j + TILE)), (i - r0) * width + (j - c0)

@@ -152,9 +152,12 @@ def _aux(name, role, arr, dtype="float32"):
     return OutTensor(name, dtype, arr.shape, (), role)
 
 
+@pytest.mark.parametrize("tile", [1 << 18, 25, 4])  # whole segments, several rows, pieces of a row
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
-def test_tiles_give_the_same_bytes_as_one_pass(dtype):
-    """Any cut of the weight's elements (chunk boundaries mid-row included) merges to the same bytes."""
+def test_tiles_give_the_same_bytes_as_one_pass(dtype, tile, monkeypatch):
+    """Any cut of the weight's elements (chunk boundaries mid-row included, tiles of any size) merges to
+    the same bytes."""
+    monkeypatch.setattr("mpitrans.job.lora.TILE", tile)
     rng = np.random.default_rng(7)
     b, a = rng.standard_normal((6, 3)).astype(np.float32), rng.standard_normal((3, 10)).astype(np.float32)
     w = from_float32(rng.standard_normal((6, 10)).astype(np.float32), dtype)
