@@ -29,6 +29,8 @@ MERGED = {"layers.0.wq.weight", "layers.0.wo.weight", "layers.1.w3.weight"}
 MAPS = {"layers.0.wq.weight": (0, -1), "layers.0.wq.mindpet_delta_lora_b": (0, -1),
         "layers.0.wo.weight": (-1, 0), "layers.0.wo.lora_A.weight": (-1, 0), "layers.1.w3.weight": (0, -1)}
 
+FACTORS_SPLIT = {"layers.0.wq.mindpet_delta_lora_b": (0, -1), "layers.0.wo.lora_A.weight": (-1, 0)}
+
 
 def _no_lora(layout: LayoutSpec) -> LayoutSpec:
     """The destination strategy of the deployed (merged) model: it does not list the factors."""
@@ -39,6 +41,10 @@ CASES = {
     "dp2mp2_to_full": (Case(MODEL, with_layout(MODEL, (2, 2), MAPS), None), "16/8", 2.0),
     "pp2_to_dp1mp2": (Case(MODEL, pipeline(2, 1, 2, MODEL), _no_lora(dp_mp(1, 2, MODEL))), "0.5", 0.5),
     "dp1mp2_to_dp2mp2": (Case(MODEL, dp_mp(1, 2, MODEL), with_layout(MODEL, (2, 2), MAPS)), "3", 3.0),
+    # Weights replicated in the source but factors split: a target needs factor shards of files its
+    # weights alone would not need (MindSpore's rank list is [r]).
+    "factors_split_to_dp2": (Case(MODEL, with_layout(MODEL, (1, 2), FACTORS_SPLIT),
+                                  _no_lora(with_layout(MODEL, (2, 1), {}))), "1", 1.0),
 }
 
 
