@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from itertools import count
 from math import prod
 
-from mpitrans.errors import LayoutError, MissingShardError, StrategyError
+from mpitrans.errors import LayoutError, MissingShardError, MpitransError, StrategyError
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.catalog import LoadOrder, SourceCatalog, distinct_lists, per_list
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter
@@ -327,11 +327,21 @@ class Planner:
         for name in deferred:
             out = self._copied(name, target, device_num)
             if name in self.lora_pairs:
+                self._check_whole(name, out, target, first_shape[name])
                 plan.tensors.extend(self._lora_slices(self.lora_pairs[name], out.regions[0].dst_box, target,
                                                       first_shape))
                 out = replace(out, lora_scaling=self.lora.scaling)
             plan.tensors.append(out)
         return plan
+
+    def _check_whole(self, name: str, out: OutTensor, target: _Target, shard_shape: tuple[int, ...]) -> None:
+        """A weight only the source strategy lists is copied as one raw source shard (MindSpore's rule):
+        there is no whole weight to merge the factors into."""
+        layout = target.src_map.get(name) if target.src_map is not None else None
+        if out.shape != origin_shape(shard_shape, layout):
+            raise MpitransError(f"LoRA merge of parameter {name!r}: the destination strategy does not list it "
+                                f"while the source strategy splits it, so target rank {target.rank} would get one "
+                                f"raw source shard {list(out.shape)}; add it to the destination strategy")
 
     def _lora_slices(self, pair: LoraPair, box: Box, target: _Target,
                      first_shape: Mapping[str, tuple[int, ...]]) -> list[OutTensor]:

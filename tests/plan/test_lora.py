@@ -89,3 +89,20 @@ def test_factors_that_do_not_fit_w_are_refused_naming_them(tmp_path):
     with pytest.raises(MpitransError, match=r"'layers\.0\.wo\.weight' \[16, 24\].*'layers\.0\.wo\.lora_A\.weight' "
                                             r"\[4, 25\] do not fit"):
         planner.plan(0)
+
+
+def test_a_weight_copied_as_a_raw_source_shard_is_refused(tmp_path):
+    """Only the source strategy splits the weight: MindSpore would copy one shard, there is no W to merge."""
+    params = lora_model()
+    src_layout = with_layout(params, (1, 2), {"layers.0.wq.weight": (0, -1)})
+    files = {}
+    for side, drop in (("src", ()), ("dst", ("layers.0.wq.weight",))):
+        files[side] = tmp_path / f"{side}.ckpt"
+        write_strategy_file(files[side], {n: lay.to_strategy_spec() for n, lay in src_layout.stages[0]
+                                          if n not in drop}, stage=0)
+    shard = {"layers.0.wq.weight": (OUT // 2, IN)}
+    metas = {g: [TensorMeta(p.name, p.dtype, shard.get(p.name, p.shape)) for p in params] for g in (0, 1)}
+    planner = Planner(strategy.load(str(files["src"])), strategy.load(str(files["dst"])), metas,
+                      lora=LoraMerge())
+    with pytest.raises(MpitransError, match=r"'layers\.0\.wq\.weight': the destination strategy does not list it"):
+        planner.plan(0)
