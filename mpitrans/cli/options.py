@@ -166,6 +166,12 @@ OPTIONS: tuple[Option, ...] = (
            "scalars (adam_m.*, adam_v.*, accu_grads.*, global_step, learning_rate, beta1_power, beta2_power, "
            "scale_sense, loss_scale, current_iterator_step, last_overflow_iterator_step, epoch_num, step_num)",
            kind="switch", commands=_JOB),
+    Option("lora_merge", ("lora-merge",), "merge LoRA factors into their weights inside the reshard, as "
+           "MindFormers' transform_ckpt_lora.py does: W + (B @ A) * scaling for each *lora_a/*lora_A/"
+           "mindpet_delta_lora_a pair; every name containing lora_ is left out", kind="switch", commands=_JOB),
+    Option("lora_scaling", ("lora-scaling",), "the LoRA scaling: a number or alpha/rank as a fraction (16/8); "
+           "implies --lora-merge (default with --lora-merge: 1, as MindFormers)", kind="text", metavar="X",
+           commands=_JOB),
     Option("src_postfix", ("src-postfix", "file-suffix"), "use the checkpoint of each rank_x/ whose name ends "
            "with TEXT.ckpt (MindFormers' --src_postfix 31_4 / file_suffix; default: the last in name order)",
            kind="text", metavar="TEXT", commands=_JOB),

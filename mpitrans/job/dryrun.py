@@ -74,8 +74,9 @@ def _count(rank: int, plans: dict, stems: dict, chunks: list, asks: dict, fmt: s
     me = ProcessPlan(rank)
     targets = {}
     for tr, plan in sorted(plans.items()):
-        nbytes = sum(prod(x.shape) * itemsize(x.dtype) for x in plan.tensors)
-        targets[tr] = {"path": f"rank_{tr}/{target_filename(stems[tr], fmt)}", "tensors": len(plan.tensors),
+        written = [x for x in plan.tensors if x.written]
+        nbytes = sum(prod(x.shape) * itemsize(x.dtype) for x in written)
+        targets[tr] = {"path": f"rank_{tr}/{target_filename(stems[tr], fmt)}", "tensors": len(written),
                        "bytes": nbytes, "writer": rank}
         me.targets.append(tr)
         me.bytes_written += nbytes

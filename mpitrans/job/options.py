@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from mpitrans.errors import MpitransError
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter, split_patterns
+from mpitrans.plan.lora import LoraMerge, parse_scaling
 from mpitrans.storage.formats import target_format
 
 DEFAULT_MAX_BUFFER = 64 << 20
@@ -18,6 +19,7 @@ class Selection:
 
     param_filter: ParamFilter = field(default=KEEP_ALL)
     src_postfix: str | None = None
+    lora: LoraMerge | None = None  # merge LoRA factors into their weights (plan/lora.py)
 
 
 ALL_OF_EACH_FILE = Selection()  # no filter, MindSpore's choice of file
@@ -47,6 +49,10 @@ class JobOptions:
     drop_optimizer_state: bool = False  # drop adam_m./adam_v./accu_grads. and the training scalars
     src_postfix: str | None = None  # which checkpoint of each rank_x/ (MindFormers' file_suffix)
     world_size: int | None = None  # MindFormers' target count: checked against the destination strategy
+    # LoRA merge (plan/lora.py): W + (B @ A) * lora_scaling for every factor pair, factors left out.
+    # Giving lora_scaling (a number or "alpha/rank") implies the merge; lora_merge alone scales by 1.
+    lora_merge: bool = False
+    lora_scaling: float | str | None = None
 
     output_format: str = "ckpt"  # the targets' format: ckpt or safetensors (storage.formats)
 
@@ -55,12 +61,16 @@ class JobOptions:
         target_format(self.output_format)  # an unknown name is refused before any rank starts work
         for name in ("include", "exclude", "exclude_prefix"):
             object.__setattr__(self, name, split_patterns(getattr(self, name)))
+        if self.lora_scaling is not None:
+            object.__setattr__(self, "lora_scaling", parse_scaling(self.lora_scaling))
+            object.__setattr__(self, "lora_merge", True)
         if not isinstance(self.max_buffer, int) or self.max_buffer <= 0:
             raise MpitransError(f"max_buffer must be a positive number of bytes, got {self.max_buffer!r}")
 
     def selection(self) -> Selection:
         keep = ParamFilter(self.include, self.exclude, self.exclude_prefix, self.drop_optimizer_state)
-        return Selection(keep, self.src_postfix or None)
+        lora = LoraMerge(1.0 if self.lora_scaling is None else float(self.lora_scaling)) if self.lora_merge else None
+        return Selection(keep, self.src_postfix or None, lora)
 
     @classmethod
     def names(cls) -> list[str]:

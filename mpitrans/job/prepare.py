@@ -166,7 +166,7 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     clock = time.perf_counter()
 
     def make_plans() -> dict[int, TargetPlan]:
-        planner = Planner(src, dst, metas, prefix, setup.select.param_filter)
+        planner = Planner(src, dst, metas, prefix, setup.select.param_filter, setup.select.lora)
         plans = plan_targets(planner, mine, needed, inv.seers, setup.src_checkpoint)
         check_coverage(plans, needed_here, inv.seers, metas, setup.src_checkpoint)
         return plans

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from mpitrans.errors import MpitransError
 from mpitrans.job.faults import fault_point
+from mpitrans.job.lora import LoraMerger
 from mpitrans.metadata import TensorMeta, itemsize
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.plan.schedule import Chunk
@@ -112,6 +113,7 @@ class DiskWriter(ChunkSink):
         self._current: TargetWriter | None = None
         self._index = -1
         self._opened: set[int] = set()
+        self._lora = LoraMerger()
 
     def consume(self, chunk: Chunk, view: memoryview) -> None:
         for seg in chunk.segments:
@@ -120,7 +122,13 @@ class DiskWriter(ChunkSink):
                 self._current = self._open(seg.target_index)
             tensor = self.targets[seg.target_index].tensors[seg.tensor_index]
             n = (seg.stop - seg.start) * itemsize(tensor.dtype)
-            self._current.write(view[seg.chunk_offset:seg.chunk_offset + n])
+            data = view[seg.chunk_offset:seg.chunk_offset + n]
+            if tensor.role:  # a LoRA factor slice: kept for the weight that follows, never written
+                self._lora.take(tensor, seg.start, data)
+                continue
+            if tensor.lora_scaling is not None:
+                data = memoryview(self._lora.merge(tensor, seg.start, seg.stop, data))
+            self._current.write(data)
             self.bytes_written += n
             fault_point("mid-write", self.rank)
 
@@ -149,7 +157,8 @@ class DiskWriter(ChunkSink):
         self._index = index
         self._opened.add(index)
         fmt = self.fmt or format_of_path(path)
-        return fmt.open_target(path, [TensorMeta(x.name, x.dtype, x.shape) for x in target.tensors])
+        return fmt.open_target(path, [TensorMeta(x.name, x.dtype, x.shape) for x in target.tensors
+                                      if x.written])
 
     def _publish_current(self) -> None:
         writer = self._current

@@ -19,6 +19,7 @@ from math import prod
 
 from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
+from mpitrans.job.lora import LoraMerger
 from mpitrans.job.options import JobOptions
 from mpitrans.job.prepare import plan_job, start
 from mpitrans.job.rounds import Rounds, chunk_size, my_chunks, run_with_sink
@@ -80,6 +81,7 @@ class _Comparer(ChunkSink):
         self.path_of = path_of
         self.failures: dict[int, str] = {}
         self._open: dict[int, SourceReader | None] = {}
+        self._lora = LoraMerger()  # a --lora-merge job's weights are compared merged
 
     def _target_file(self, index: int) -> SourceReader | None:
         if index not in self._open:
@@ -91,7 +93,8 @@ class _Comparer(ChunkSink):
                 self._open[index] = None
                 return None
             got = [(m.name, m.dtype, tuple(m.shape)) for m in reader.tensors()]
-            want = [(x.name, x.dtype, tuple(x.shape)) for x in target.tensors if all(x.shape)]
+            want = [(x.name, x.dtype, tuple(x.shape)) for x in target.tensors
+                    if all(x.shape) and x.written]
             if not self.ordered:
                 got, want = sorted(got), sorted(want)
             if got != want:
@@ -112,11 +115,17 @@ class _Comparer(ChunkSink):
     def _compare(self, target: TargetPlan, seg: Segment, reader: SourceReader, view: memoryview) -> None:
         tensor = target.tensors[seg.tensor_index]
         isz = itemsize(tensor.dtype)
+        want = view[seg.chunk_offset:seg.chunk_offset + (seg.stop - seg.start) * isz]
+        if tensor.role:
+            self._lora.take(tensor, seg.start, want)
+            return
+        if tensor.lora_scaling is not None:
+            want = memoryview(self._lora.merge(tensor, seg.start, seg.stop, want))
         out = memoryview(bytearray((seg.stop - seg.start) * isz))
         for box, off in contiguous_boxes(tensor.shape, seg.start, seg.stop):
             n = prod(b - a for a, b in box)
             reader.read_box(tensor.name, box, out[off * isz:(off + n) * isz])
-        if view[seg.chunk_offset:seg.chunk_offset + len(out)] != out:
+        if want != out:
             self.failures[target.rank] = (
                 f"parameter {tensor.name!r} differs from the source (elements {seg.start}..{seg.stop})"
             )

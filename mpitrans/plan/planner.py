@@ -18,11 +18,11 @@ per target stage.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 from math import prod
 
-from mpitrans.errors import LayoutError, MissingShardError, StrategyError
+from mpitrans.errors import LayoutError, MissingShardError, MpitransError, StrategyError
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.catalog import LoadOrder, SourceCatalog, distinct_lists, per_list
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter
@@ -36,6 +36,7 @@ from mpitrans.plan.layout import (
     relative,
     tensor_strategy,
 )
+from mpitrans.plan.lora import ROLE_A, ROLE_B, LoraMerge, LoraPair, check_shapes, is_lora
 from mpitrans.plan.needed_ranks import RankListBasis, device_count, rank_list_basis, rank_list_from
 from mpitrans.plan.overlap import overlapping_shards
 from mpitrans.storage.discover import rank_span
@@ -64,10 +65,19 @@ class OutTensor:
     dtype: str
     shape: tuple[int, ...]
     regions: tuple[Region, ...]
+    # LoRA merge (plan/lora.py): "lora_b"/"lora_a" for a factor slice that is delivered but never written,
+    # and on the weight that follows them, the scaling its writer merges them with.
+    role: str = ""
+    lora_scaling: float | None = None
     # Every target rank holding this same box of the tensor (this one included), lowest first; empty where
     # the planner does not know them. The processes writing them want the same regions, so each can work
     # out alone who reads what for all of them (see `job.exchange`).
     holders: tuple[int, ...] = ()
+
+    @property
+    def written(self) -> bool:
+        """Whether the tensor goes into the target file (auxiliary LoRA slices do not)."""
+        return not self.role
 
 
 @dataclass
@@ -88,6 +98,7 @@ class _Template:
     # (box in the target, box in each holding shard, local source ranks holding it, lowest first)
     pieces: tuple[tuple[Box, Box, tuple[int, ...]], ...]
     holders: tuple[int, ...]  # target local ranks holding the same box (see `OutTensor.holders`), or ()
+    box: Box = ()  # the target's box in the full tensor
 
 
 @dataclass
@@ -130,7 +141,7 @@ def _geometry(key: int, name: str, local: int, shard_shape: tuple[int, ...], src
     # A parameter of several target stages is held in each: its holders are not one stage's ranks.
     one_stage = dst_layout is None or len(dst_layout.stages) <= 1
     holders = box_holders(dst_flat, local, targets) if one_stage else ()
-    return _Template(key, box_shape(target_box), stages, pieces, holders)
+    return _Template(key, box_shape(target_box), stages, pieces, holders, target_box)
 
 
 def _stage_layouts(strategy: StrategyFile) -> dict[tuple[int, str], tuple]:
@@ -173,6 +184,7 @@ class Planner:
         metas: Mapping[int, Sequence[TensorMeta]],
         prefix: str = "checkpoint_",
         param_filter: ParamFilter = KEEP_ALL,
+        lora: LoraMerge | None = None,
     ) -> None:
         self.src, self.dst, self.prefix = src, dst, prefix
         self.param_filter = param_filter
@@ -186,6 +198,9 @@ class Planner:
         stage_layout = _stage_layouts(src) if src is not None else {}
         self.catalog = SourceCatalog(_filtered(metas, param_filter), self.src_stage_devices, stage_layout)
         self.metas = self.catalog.metas
+        self.lora = lora
+        self.lora_pairs: dict[str, LoraPair] = (
+            lora.pairs(dict.fromkeys(t.name for m in distinct_lists(self.metas) for t in m)) if lora else {})
         # Region templates by target local rank, then by (shard shape, source layout, target layout); kept
         # for the last few local ranks only, so a process planning many targets stays small.
         self._templates: dict[int, dict[tuple, _Template]] = {}
@@ -308,20 +323,80 @@ class Planner:
         deferred: list[str] = []
         device_num = -1
         for name in order:
+            if self.lora is not None and is_lora(name):
+                continue  # merged into its weight below, or (optimizer state, ...) left out as MindFormers does
             if (src_map is not None and name not in src_map) or (dst_map is not None and name not in dst_map):
                 deferred.append(name)
                 continue
             src_layout = src_map.get(name) if src_map is not None else None
             dst_layout = dst_map.get(name) if dst_map is not None else None
-            plan.tensors.append(self._transform(name, first_shape[name], src_layout, dst_layout, target))
+            out = self._transform(name, first_shape[name], src_layout, dst_layout, target)
+            if name in self.lora_pairs:
+                box = self._template(name, target.local, first_shape[name], src_layout, dst_layout).box
+                plan.tensors.extend(self._lora_slices(self.lora_pairs[name], box, target, first_shape))
+                out = replace(out, lora_scaling=self.lora.scaling)
+            plan.tensors.append(out)
             device_num = prod(src_layout.dev_matrix) if src_layout is not None else 1
         if device_num < 1:
             raise StrategyError(
                 "none of the parameters in the source checkpoints appear in the source or destination strategy; "
                 "check that the strategy files belong to this model"
             )
-        plan.tensors.extend(self._copied(name, target, device_num) for name in deferred)
+        for name in deferred:
+            out = self._copied(name, target, device_num)
+            if name in self.lora_pairs:
+                self._check_whole(name, out, target, first_shape[name])
+                plan.tensors.extend(self._lora_slices(self.lora_pairs[name], out.regions[0].dst_box, target,
+                                                      first_shape))
+                out = replace(out, lora_scaling=self.lora.scaling)
+            plan.tensors.append(out)
         return plan
+
+    def _check_whole(self, name: str, out: OutTensor, target: _Target, shard_shape: tuple[int, ...]) -> None:
+        """A weight only the source strategy lists is copied as one raw source shard (MindSpore's rule):
+        there is no whole weight to merge the factors into."""
+        layout = target.src_map.get(name) if target.src_map is not None else None
+        if out.shape != origin_shape(shard_shape, layout):
+            raise MpitransError(f"LoRA merge of parameter {name!r}: the destination strategy does not list it "
+                                f"while the source strategy splits it, so target rank {target.rank} would get one "
+                                f"raw source shard {list(out.shape)}; add it to the destination strategy")
+
+    def _lora_slices(self, pair: LoraPair, box: Box, target: _Target,
+                     first_shape: Mapping[str, tuple[int, ...]]) -> list[OutTensor]:
+        """The slices of `pair`'s factors that the target's box of its weight needs, as auxiliary tensors:
+        B's rows of the box (all r columns), then A's columns of the box (all r rows)."""
+        src_map = target.src_map
+        missing = [n for n in (pair.weight, pair.b, pair.a) if n not in first_shape]
+        if missing:
+            raise MissingShardError(f"LoRA merge of parameter {pair.weight!r}: {missing[0]!r} is in none of the "
+                                    f"source checkpoints target rank {target.rank} is built from")
+        layouts = {n: src_map.get(n) if src_map is not None else None for n in (pair.weight, pair.b, pair.a)}
+        shapes = {n: origin_shape(first_shape[n], layouts[n]) for n in layouts}
+        holders = {n: self.catalog.first_holder(n) for n in layouts}
+        dtypes = {n: self.catalog.by_name[holders[n]][n].dtype for n in layouts}
+        check_shapes(pair, shapes, dtypes, f"checkpoint of source rank {holders[pair.weight]}")
+        rank = shapes[pair.a][0]
+        (r0, r1), (c0, c1) = box
+        out = []
+        for name, role, want in ((pair.b, ROLE_B, ((r0, r1), (0, rank))), (pair.a, ROLE_A, ((0, rank), (c0, c1)))):
+            out.append(self._slice(name, role, want, layouts[name], shapes[name], target))
+        return out
+
+    def _slice(self, name: str, role: str, box: Box, src_layout: ParamLayout | None, full_shape: tuple[int, ...],
+               target: _Target) -> OutTensor:
+        """One auxiliary tensor: `box` of `name`'s full tensor, with regions from its source shards."""
+        try:
+            flat = flatten_layout(src_layout, full_shape)
+        except LayoutError as exc:
+            raise LayoutError(f"parameter {name!r}: {exc}") from None
+        pieces = tuple((relative(common, box), relative(common, shard), tuple(members))
+                       for shard, common, members in overlapping_shards(flat, box))
+        stages = src_layout.stages if src_layout is not None else (0,)
+        regions, supplier = self._regions(name, _Template(-1, box_shape(box), stages, pieces, (), box), target.loaded)
+        if supplier is None:
+            raise MissingShardError(f"LoRA factor {name!r}: no source checkpoint holding the slice target rank "
+                                    f"{target.rank} needs was found")
+        return OutTensor(name, self.catalog.by_name[supplier][name].dtype, box_shape(box), regions, role=role)
 
     def _copied(self, name: str, target: _Target, device_num: int) -> OutTensor:
         """A parameter absent from a strategy: MindSpore copies it whole from source local rank
@@ -354,7 +429,7 @@ class Planner:
                 f"(source ranks {sorted({g for r in regions for g in r.candidates})})"
             )
         return OutTensor(name, self.catalog.by_name[supplier][name].dtype, tpl.shape, regions,
-                         target.holders(tpl))
+                         holders=target.holders(tpl))
 
     def _regions(self, name: str, tpl: _Template, loaded: LoadOrder) -> tuple[tuple[Region, ...], int | None]:
         """The template's regions with `name`'s candidates (the same for every name of its holder class),
