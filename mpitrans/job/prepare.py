@@ -158,7 +158,7 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     paths = {g: inv.path_of(g) for g in inv.seers}
     metas = agree(t, lambda: check_sources(src, dst, metas, paths, inv.seers, setup.src_checkpoint, prefix))
     if strict:
-        agree(t, lambda: check_models_match(src, dst, metas) if t.rank == 0 else None)
+        agree(t, lambda: check_models_match(src, dst, metas, prefix) if t.rank == 0 else None)
 
     timings["metadata"] = time.perf_counter() - clock
     clock = time.perf_counter()

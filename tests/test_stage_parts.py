@@ -1,0 +1,44 @@
+"""Per-stage `_part` checkpoints against MindSpore: converting one pipeline stage from the command line,
+and reading a folder of `_part` files back as a source (`mindspore.load_segmented_checkpoints`' view).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.layouts import catalog
+from tests.support.mpirun import mpirun
+from tests.support.oracle import assert_same_tree, build_cases
+
+
+def _stage_args(files, out) -> list[str]:
+    return ["--src-checkpoint", str(files.src_dir), "--src-strategy", str(files.src_strategy),
+            "--dst-strategy", str(files.dst_strategy), "--dst-checkpoint", str(out)]
+
+
+@pytest.mark.parametrize("name", ["json_pp2_stage0_part", "pp3_stage2_part_shared"])
+def test_one_stage_converts_like_mindspore_with_a_line_naming_the_stage(tmp_path, name):
+    pytest.importorskip("mindspore")
+    files = build_cases([catalog()[name]])[0]
+    assert files.error is None and all("_part" in f for f in files.expected_files)
+    out = tmp_path / "out"
+    res = mpirun(2, _stage_args(files, out))
+    assert res.returncode == 0, res.stderr
+    stage = files.case.src_stage
+    assert f"covers pipeline stage {stage} only" in res.stderr
+    assert f"rank_x/checkpoint_x_part{stage} files" in res.stderr
+    (out / "mpitrans_manifest.json").unlink()
+    assert_same_tree(files.expected_dir, out)
+
+
+def test_whole_model_strategy_lacking_a_parameter_says_it_is_read_as_stage_0(tmp_path):
+    """MindSpore takes its `_part0` path here too, though the checkpoints hold the parameter the source
+    strategy lacks: converted the same way, with a warning saying why the files are `_part0`."""
+    pytest.importorskip("mindspore")
+    files = build_cases([catalog()["src_strategy_lacks_param"]])[0]
+    out = tmp_path / "out"
+    res = mpirun(2, _stage_args(files, out))
+    assert res.returncode == 0, res.stderr
+    assert "lacks 1 parameter(s) the checkpoints hold (e.g. 'layer0.bias')" in res.stderr
+    (out / "mpitrans_manifest.json").unlink()
+    assert_same_tree(files.expected_dir, out)
