@@ -8,7 +8,8 @@ import pytest
 
 from tests.support.layouts import catalog
 from tests.support.mpirun import mpirun
-from tests.support.oracle import assert_same_tree, build_cases
+from tests.support.oracle import assert_same_tree, build_cases, read_checkpoint
+from tests.support.parts_oracle import build_parts
 
 
 def _stage_args(files, out) -> list[str]:
@@ -42,3 +43,31 @@ def test_whole_model_strategy_lacking_a_parameter_says_it_is_read_as_stage_0(tmp
     assert "lacks 1 parameter(s) the checkpoints hold (e.g. 'layer0.bias')" in res.stderr
     (out / "mpitrans_manifest.json").unlink()
     assert_same_tree(files.expected_dir, out)
+
+
+# ------------------------------------------------------------------------------- a _part folder as source
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """pp2 training shards converted stage by stage into dp2·mp2 `_part` files, and MindSpore's full
+    merge of those parts (each rank's parts merged into one file first)."""
+    pytest.importorskip("mindspore")
+    files = build_cases([catalog()["pp2_to_dp2mp2"]])[0]
+    work = tmp_path_factory.mktemp("parts")
+    folder, expected = build_parts(files.src_dir, files.src_stage_dir, work, str(files.dst_strategy), None)
+    return files, folder, expected
+
+
+def test_part_folder_reads_as_one_source_per_rank_like_mindspore(parts, tmp_path):
+    files, folder, expected = parts
+    assert sorted(p.name for p in (folder / "rank_0").iterdir()) == ["checkpoint_0_part0.ckpt",
+                                                                    "checkpoint_0_part1.ckpt"]
+    out = tmp_path / "out"
+    res = mpirun(2, ["--src-checkpoint", str(folder), "--src-strategy", str(files.dst_strategy),
+                     "--dst-checkpoint", str(out), "--quiet"])
+    assert res.returncode == 0, res.stderr
+    (out / "mpitrans_manifest.json").unlink()
+    assert_same_tree(expected, out)
+    kept = {r.name for r in read_checkpoint(out / "rank_0" / "checkpoint_0.ckpt")}
+    assert kept == {p.name for p in files.case.params}  # every parameter, not one stage's
