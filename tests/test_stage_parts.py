@@ -4,8 +4,10 @@ and reading a folder of `_part` files back as a source (`mindspore.load_segmente
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from tests.storage.samples import our_save, random_raw
 from tests.support.layouts import catalog
 from tests.support.mpirun import mpirun
 from tests.support.oracle import assert_same_tree, build_cases, read_checkpoint
@@ -67,7 +69,25 @@ def test_part_folder_reads_as_one_source_per_rank_like_mindspore(parts, tmp_path
     res = mpirun(2, ["--src-checkpoint", str(folder), "--src-strategy", str(files.dst_strategy),
                      "--dst-checkpoint", str(out), "--quiet"])
     assert res.returncode == 0, res.stderr
+    # the manifest fingerprints the part files: a second run with --resume keeps the target
+    res = mpirun(2, ["--src-checkpoint", str(folder), "--src-strategy", str(files.dst_strategy),
+                     "--dst-checkpoint", str(out), "--resume"])
+    assert res.returncode == 0 and "redoing" not in res.stderr, res.stderr
     (out / "mpitrans_manifest.json").unlink()
     assert_same_tree(expected, out)
     kept = {r.name for r in read_checkpoint(out / "rank_0" / "checkpoint_0.ckpt")}
     assert kept == {p.name for p in files.case.params}  # every parameter, not one stage's
+
+
+def test_parts_disagreeing_on_a_shape_stop_the_job_naming_both_files(tmp_path):
+    rng = np.random.default_rng(3)
+    our_save_to = tmp_path / "src" / "rank_0"
+    our_save_to.mkdir(parents=True)
+    our_save(our_save_to / "checkpoint_0_part0.ckpt", [("emb", "Float32", (2, 3), random_raw(rng, "Float32", (2, 3)))])
+    our_save(our_save_to / "checkpoint_0_part1.ckpt", [("emb", "Float32", (3, 3), random_raw(rng, "Float32", (3, 3)))])
+    out = tmp_path / "out"
+    res = mpirun(2, ["--src-checkpoint", str(tmp_path / "src"), "--dst-checkpoint", str(out)])
+    assert res.returncode != 0
+    assert "checkpoint_0_part0.ckpt" in res.stderr and "checkpoint_0_part1.ckpt" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists() or not any(out.rglob("*.ckpt"))

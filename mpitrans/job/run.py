@@ -105,7 +105,7 @@ def check_destination(dst_checkpoint: str, src_checkpoint: str, visible: dict[in
     if os.path.isfile(src_checkpoint):
         return
     for g, path in sorted(visible.items()):
-        rank_dir = os.path.realpath(os.path.dirname(path))
+        rank_dir = os.path.realpath(path if os.path.isdir(path) else os.path.dirname(path))  # a _part dir: itself
         if dst == rank_dir or dst.startswith(rank_dir + os.sep):
             raise MpitransError(f"--dst-checkpoint {dst_checkpoint} is inside the source directory of rank {g} "
                                 f"({rank_dir}); write the targets to another directory")

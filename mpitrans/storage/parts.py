@@ -71,6 +71,8 @@ class PartsSource:
         if index is None:
             self.files = part_files(path)
             self._indexes = [self._index_of(i) for i in range(len(self.files))]
+            log.info("%s: %d _part files (%s) read as one source", path, len(self.files),
+                     ", ".join(os.path.basename(f) for f in self.files))
         else:
             try:
                 names, self._indexes = json.loads(index)
