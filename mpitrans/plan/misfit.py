@@ -45,8 +45,9 @@ def _dst_shard(planner: Planner, name: str, full: tuple[int, ...], target: int) 
         return None
     try:
         return box_shape(device_box(flatten_layout(layout, full), target))
-    except MpitransError:
-        return ()  # the copied shape cannot even be split that way
+    except (MpitransError, ArithmeticError, ValueError, IndexError):
+        # The copied shape cannot even be split that way. (Never fatal: this only decides a warning.)
+        return ()
 
 
 def misfits(planner: Planner, plans: Iterable[TargetPlan]) -> list[Misfit]:
