@@ -144,6 +144,9 @@ OPTIONS: tuple[Option, ...] = (
            f"destination {_STRATEGY}; omit for one full checkpoint", commands=_JOB | {RANK_LIST}, metavar="PATH"),
     Option("prefix", ("prefix",), "output file name prefix (default: {default}, giving {default}x.ckpt)",
            kind="text", commands=_JOB, metavar="TEXT"),
+    Option("dst_file", ("dst-file",), "name of the single file of a full merge, written as DIR/NAME instead of "
+           "DIR/rank_0/{prefix}0.ckpt (MindFormers' merge walk-throughs: transformed.ckpt); only when the "
+           "destination is one rank", kind="text", metavar="NAME", commands=_JOB),
     Option("output_format", ("output-format",), "format of the targets: ckpt or safetensors (default {default}); "
            "DIR/rank_x/{prefix}x.ckpt or .safetensors", kind="choice", choices=("ckpt", "safetensors"),
            metavar="FORMAT", commands=_JOB),

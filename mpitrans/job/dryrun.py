@@ -9,6 +9,7 @@ takes. Useful to check a placement or a hostfile before a long job, and for scri
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from math import prod
 
@@ -20,7 +21,6 @@ from mpitrans.job.run import Placement, place_targets
 from mpitrans.job.summary import human_size
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import itemsize
-from mpitrans.storage.formats import target_filename
 
 
 @dataclass
@@ -57,7 +57,7 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     moves = job.moves(job.plans, where)
     chunks = my_chunks(t, moves, chunk_bytes)
     asks = exchange_asks(t, chunks)
-    me, targets = _count(t.rank, job.plans, job.stems, chunks, asks, opts.output_format)
+    me, targets = _count(t.rank, job.plans, lambda tr: opts.relpath(tr, job.stems[tr]), chunks, asks)
     rounds = max((len(s) for s in round_sizes(t, chunks)), default=0)
     procs, all_targets = [], {}
     for blob in t.allgather_bytes(json.dumps([asdict(me), targets]).encode()):
@@ -68,7 +68,7 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     return PlanReport(opts.dst_checkpoint, dict(sorted(all_targets.items())), procs, rounds, messages, chunk_bytes)
 
 
-def _count(rank: int, plans: dict, stems: dict, chunks: list, asks: dict, fmt: str) -> tuple[ProcessPlan, dict]:
+def _count(rank: int, plans: dict, relpath: Callable[[int], str], chunks: list, asks: dict) -> tuple[ProcessPlan, dict]:
     """This process's traffic, counted as the rounds would move it (a region wanted twice in one round is
     read once)."""
     me = ProcessPlan(rank)
@@ -76,7 +76,7 @@ def _count(rank: int, plans: dict, stems: dict, chunks: list, asks: dict, fmt: s
     for tr, plan in sorted(plans.items()):
         written = [x for x in plan.tensors if x.written]
         nbytes = sum(prod(x.shape) * itemsize(x.dtype) for x in written)
-        targets[tr] = {"path": f"rank_{tr}/{target_filename(stems[tr], fmt)}", "tensors": len(written),
+        targets[tr] = {"path": relpath(tr), "tensors": len(written),
                        "bytes": nbytes, "writer": rank}
         me.targets.append(tr)
         me.bytes_written += nbytes

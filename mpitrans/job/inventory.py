@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mpitrans.job.agree import agree
 from mpitrans.job.transport import Transport
 from mpitrans.storage.discover import discover_sources
+from mpitrans.storage.parts import source_size
 
 log = logging.getLogger("mpitrans")
 
@@ -41,7 +42,7 @@ def gather_inventory(t: Transport, src_checkpoint: str, src_postfix: str | None 
     listing = {}
     for g, path in visible.items():
         st = os.stat(path)
-        listing[str(g)] = [path, st.st_size, host, st.st_dev, st.st_ino]
+        listing[str(g)] = [path, source_size(path), host, st.st_dev, st.st_ino]
     paths: list[dict[int, str]] = []
     sizes: dict[int, int] = {}
     seers: dict[int, list[int]] = defaultdict(list)

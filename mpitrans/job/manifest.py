@@ -23,6 +23,7 @@ from typing import NamedTuple
 from mpitrans import __version__
 from mpitrans.storage.base import write_atomically
 from mpitrans.storage.checksum import crc32c, file_crc32c
+from mpitrans.storage.parts import part_files
 
 MANIFEST_NAME = "mpitrans_manifest.json"
 # One small file per finished target while a job runs, so a killed job can still be resumed; removed
@@ -49,7 +50,9 @@ def job_identity(src_strategy: bytes | None, dst_strategy: bytes | None, prefix:
 def fingerprint(path: str) -> dict:
     """Cheap evidence that a source file is unchanged: a rewrite in place changes mtime_ns, and content
     changes near either end (a .ckpt's first and last record headers) change the CRC even when copied
-    with its old mtime."""
+    with its old mtime. A rank's `_part` directory is the list of its files' fingerprints."""
+    if os.path.isdir(path):
+        return {"name": os.path.basename(path) + "/", "parts": [fingerprint(p) for p in part_files(path)]}
     st = os.stat(path)
     value = 0
     with open(path, "rb", buffering=0) as f:

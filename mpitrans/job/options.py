@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 
 from mpitrans.errors import MpitransError
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter, split_patterns
 from mpitrans.plan.lora import LoraMerge, parse_scaling
-from mpitrans.storage.formats import target_format
+from mpitrans.storage.formats import target_filename, target_format
 
 DEFAULT_MAX_BUFFER = 64 << 20
 DEFAULT_PREFIX = "checkpoint_"
@@ -53,12 +55,15 @@ class JobOptions:
     # Giving lora_scaling (a number or "alpha/rank") implies the merge; lora_merge alone scales by 1.
     lora_merge: bool = False
     lora_scaling: float | str | None = None
+    dst_file: str | None = None  # the one target of a full merge written as DIR/NAME (not rank_0/...)
 
     output_format: str = "ckpt"  # the targets' format: ckpt or safetensors (storage.formats)
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
         target_format(self.output_format)  # an unknown name is refused before any rank starts work
+        if self.dst_file is not None:
+            check_dst_file(self.dst_file, self.output_format)
         for name in ("include", "exclude", "exclude_prefix"):
             object.__setattr__(self, name, split_patterns(getattr(self, name)))
         if self.lora_scaling is not None:
@@ -72,6 +77,13 @@ class JobOptions:
         lora = LoraMerge(1.0 if self.lora_scaling is None else float(self.lora_scaling)) if self.lora_merge else None
         return Selection(keep, self.src_postfix or None, lora)
 
+    def relpath(self, target: int, stem: str) -> str:
+        """Where target `target` goes inside the output directory: `rank_x/{stem}{suffix}`, or `dst_file`
+        (a full merge's single file named as MindFormers' merge scripts name it, e.g. transformed.ckpt)."""
+        if self.dst_file is not None:
+            return self.dst_file
+        return os.path.join(f"rank_{target}", target_filename(stem, self.output_format))
+
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
@@ -81,3 +93,23 @@ def check_prefix(prefix: str) -> None:
     """Output names are `{prefix}{rank}.ckpt` inside rank_x/: a prefix must not leave that directory."""
     if not isinstance(prefix, str) or "/" in prefix or "\\" in prefix or ".." in prefix or "\0" in prefix:
         raise MpitransError(f"unsafe --prefix {prefix!r}: it may not contain path separators or '..'")
+
+
+def check_dst_file(name: str, output_format: str) -> None:
+    """`--dst-file` is a plain file name inside the output directory, with the output format's suffix (a
+    name ending otherwise would be loaded as the wrong format, or not found by a loader globbing it)."""
+    suffix = target_format(output_format).suffix
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise MpitransError(f"--dst-file {name!r}: give a plain file name (e.g. transformed{suffix}); it is "
+                            f"written inside --dst-checkpoint")
+    if not name.endswith(suffix) or name == suffix:
+        raise MpitransError(f"--dst-file {name!r}: the targets are {output_format} files, so the name must end "
+                            f"with {suffix} (or choose the format with --output-format)")
+
+
+def check_single_target(dst_file: str | None, targets: Collection[int]) -> None:
+    """`--dst-file` names the single file of a full merge; with several targets one name cannot do."""
+    if dst_file is not None and len(targets) != 1:
+        raise MpitransError(f"--dst-file {dst_file}: names the single output of a full merge, but the destination "
+                            f"strategy describes {len(targets)} target ranks (written as rank_x/...); drop "
+                            f"--dst-file, or drop --dst-strategy to merge into one file")

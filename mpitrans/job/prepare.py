@@ -13,6 +13,7 @@ message and nothing is written.
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import time
 from collections.abc import Mapping
@@ -28,10 +29,12 @@ from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
 from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_index, needed_by, plan_targets
+from mpitrans.plan.misfit import Misfit, describe, misfits
 from mpitrans.plan.planner import Planner, TargetPlan
 from mpitrans.storage.discover import rank_dirs_without_checkpoint
 from mpitrans.strategy.model import StrategyFile
 
+log = logging.getLogger("mpitrans")
 _ABSENT = (1 << 64) - 1  # length marker of a strategy that was not given
 
 
@@ -137,6 +140,16 @@ def start(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strat
     return Setup(t, src_checkpoint, prefix, src, dst, src_bytes, dst_bytes, inv, shape_only, select)
 
 
+def warn_misfits(t: Transport, found: list[Misfit]) -> None:
+    """Collective: one warning on rank 0 for the tensors every process found copied in a shape the
+    destination does not fit (`plan.misfit`); the output is unchanged."""
+    mine = json.dumps([[m.name, m.target, m.shape, m.expected, m.why] for m in found]).encode()
+    every = [Misfit(n, tr, tuple(s), tuple(e), w) for blob in t.allgather_bytes(mine)
+             for n, tr, s, e, w in json.loads(blob)]
+    if every and t.rank == 0:
+        log.warning("%s", describe(every))
+
+
 def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     """Collective: metadata of the needed files, checks, and the plans of this process's targets.
 
@@ -160,18 +173,19 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     paths = {g: inv.path_of(g) for g in inv.seers}
     metas = agree(t, lambda: check_sources(src, dst, metas, paths, inv.seers, setup.src_checkpoint, prefix))
     if strict:
-        agree(t, lambda: check_models_match(src, dst, metas) if t.rank == 0 else None)
+        agree(t, lambda: check_models_match(src, dst, metas, prefix) if t.rank == 0 else None)
 
     timings["metadata"] = time.perf_counter() - clock
     clock = time.perf_counter()
 
-    def make_plans() -> dict[int, TargetPlan]:
+    def make_plans() -> tuple[dict[int, TargetPlan], list[Misfit]]:
         planner = Planner(src, dst, metas, prefix, setup.select.param_filter, setup.select.lora)
         plans = plan_targets(planner, mine, needed, inv.seers, setup.src_checkpoint)
         check_coverage(plans, needed_here, inv.seers, metas, setup.src_checkpoint)
-        return plans
+        return plans, misfits(planner, plans.values())
 
-    plans = agree(t, make_plans)
+    plans, found = agree(t, make_plans)
+    warn_misfits(t, found)
     timings["plan"] = time.perf_counter() - clock
     stems = {tr: setup.stem(tr) for tr in setup.targets}
     return Job(src, dst, setup.src_bytes, setup.dst_bytes, inv, metas, plans, sources=sources, stems=stems,

@@ -23,7 +23,7 @@ from mpitrans.job.agree import JobError, agree, fail_job
 from mpitrans.job.faults import fault_point
 from mpitrans.job.guard import JobGuard
 from mpitrans.job.lock import JobLock
-from mpitrans.job.options import ALL_OF_EACH_FILE, JobOptions
+from mpitrans.job.options import ALL_OF_EACH_FILE, JobOptions, check_single_target
 from mpitrans.job.prepare import Job, Setup, plan_job, start
 from mpitrans.job.rounds import execute
 from mpitrans.job.summary import RankStats, Summary
@@ -31,7 +31,6 @@ from mpitrans.job.transport import Transport, make_transport
 from mpitrans.plan.coverage import check_world_size
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.storage.base import remove_stale_temps
-from mpitrans.storage.formats import target_filename
 
 log = logging.getLogger("mpitrans")
 
@@ -57,6 +56,7 @@ def place_targets(t: Transport, opts: JobOptions, setup: Setup, placement: Place
     """Collective: which process writes each target (`placement`, else the rank table's hosts, else target
     i on process i mod P), after checking MindFormers' `world_size` against the target count."""
     agree(t, lambda: check_world_size(opts.world_size, setup.targets))
+    agree(t, lambda: check_single_target(opts.dst_file, setup.targets))
     if placement is None:
         placement = rank_table_placement(t, opts.rank_table) if opts.rank_table else round_robin_placement
     return agree(t, lambda: placement(setup.targets, t.size))
@@ -105,7 +105,7 @@ def check_destination(dst_checkpoint: str, src_checkpoint: str, visible: dict[in
     if os.path.isfile(src_checkpoint):
         return
     for g, path in sorted(visible.items()):
-        rank_dir = os.path.realpath(os.path.dirname(path))
+        rank_dir = os.path.realpath(path if os.path.isdir(path) else os.path.dirname(path))  # a _part dir: itself
         if dst == rank_dir or dst.startswith(rank_dir + os.sep):
             raise MpitransError(f"--dst-checkpoint {dst_checkpoint} is inside the source directory of rank {g} "
                                 f"({rank_dir}); write the targets to another directory")
@@ -167,7 +167,7 @@ class _Run:
         return os.path.join(self.opts.dst_checkpoint, self.relpath(plan.rank))
 
     def relpath(self, target: int) -> str:
-        return os.path.join(f"rank_{target}", target_filename(self.job.stems[target], self.opts.output_format))
+        return self.opts.relpath(target, self.job.stems[target])
 
     def _fingerprints(self, wanted: set[int]) -> dict[int, dict]:
         """Each used source file fingerprinted once, by the first process that sees it; known to all."""

@@ -19,8 +19,9 @@ from math import prod
 
 from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
+from mpitrans.job.agree import agree
 from mpitrans.job.lora import LoraMerger
-from mpitrans.job.options import JobOptions
+from mpitrans.job.options import JobOptions, check_single_target
 from mpitrans.job.prepare import plan_job, start
 from mpitrans.job.rounds import Rounds, chunk_size, my_chunks, run_with_sink
 from mpitrans.job.run import round_robin_placement
@@ -32,7 +33,7 @@ from mpitrans.metadata import itemsize
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.plan.schedule import Chunk, Segment, contiguous_boxes
 from mpitrans.storage.base import SourceReader
-from mpitrans.storage.formats import open_source, target_filename
+from mpitrans.storage.formats import open_source
 
 
 @dataclass
@@ -161,8 +162,9 @@ def verify_job(opts: JobOptions, t: Transport) -> list[TargetResult]:
 
     def path_of(target: TargetPlan | int) -> str:
         tr = target if isinstance(target, int) else target.rank
-        return os.path.join(opts.dst_checkpoint, f"rank_{tr}", target_filename(setup.stem(tr), opts.output_format))
+        return os.path.join(opts.dst_checkpoint, opts.relpath(tr, setup.stem(tr)))
 
+    agree(t, lambda: check_single_target(opts.dst_file, setup.targets))
     checker = _checkers(t, setup.targets, path_of)
     where = {tr: checker.get(tr, tr % t.size) for tr in setup.targets}
     job = plan_job(setup, where, opts.strict)

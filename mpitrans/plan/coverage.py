@@ -49,22 +49,18 @@ def files_to_index(needed: Collection[int], seen: Collection[int]) -> list[int]:
 
 
 def check_models_match(src: StrategyFile | None, dst: StrategyFile | None,
-                       metas: Mapping[int, Sequence[TensorMeta]]) -> None:
+                       metas: Mapping[int, Sequence[TensorMeta]], prefix: str = "checkpoint_") -> None:
     """The destination must describe the model the source checkpoints hold (MindSpore would silently
     leave unknown parameters out of the targets)."""
     if dst is None:
         return
-    by_stage = src is not None and Planner(src, dst, {}).by_stage
-    if by_stage and src.stage > 0:
-        # One stage's strategy against the whole model: MindSpore converts that stage alone into
-        # `{prefix}x_part{stage}` files; the other stages' parameters are rightly absent. (A stage-0 file
-        # looks like a whole-model strategy missing parameters, so it keeps the check below.)
-        log.info("the source strategy covers pipeline stage %d only: converting that stage into "
-                 "rank_x/{prefix}x_part%d.ckpt (run once per stage's strategy file)", src.stage, src.stage)
-        return
     have = {m.name for ms in metas.values() for m in ms}
     wanted = list(layout_map(dst))
     absent = [n for n in wanted if n not in have]
+    planner = Planner(src, dst, {}, prefix) if src is not None else None
+    if planner is not None and planner.by_stage:
+        _say_stage(planner, have, wanted)
+        return
     if absent and len(absent) == len(wanted):
         raise MpitransError(
             f"the destination strategy and the source checkpoints describe different models: none of its "
@@ -75,11 +71,35 @@ def check_models_match(src: StrategyFile | None, dst: StrategyFile | None,
         raise MpitransError(
             f"parameter {absent[0]!r}{more} of the destination strategy is in no source checkpoint "
             f"(MindSpore would silently leave it out of the targets)"
-            + (" - if the source strategy is pipeline stage 0's own file, run with strict=False (Python API) "
-               "to convert that stage into _part0 files" if by_stage else "")
         )
     if src is not None and not set(layout_map(src)) & set(wanted):
         raise MpitransError("the source and destination strategies share no parameter: different models?")
+
+
+def _say_stage(planner: Planner, have: set[str], wanted: Sequence[str]) -> None:
+    """One line on MindSpore's `_part` path, taken whenever the source strategy names a strict subset of
+    the destination's parameters: that stage alone becomes `{prefix}x_part{stage}` files.
+
+    For stage k > 0 the file says which stage it is. A stage-0 file looks like a whole-model strategy
+    lacking parameters; when the checkpoints do hold parameters the strategy lacks, that is the likelier
+    reading, and the line (a warning then) says so."""
+    src = planner.src
+    assert src is not None
+    own = set(layout_map(src))
+    elsewhere = [n for n in wanted if n not in own]
+    held_anyway = [n for n in elsewhere if n in have]
+    first = src.stage * planner.src_stage_devices
+    last = first + planner.src_stage_devices - 1
+    what = (f"covers pipeline stage {src.stage} only (source ranks {first}-{last}, "
+            f"{len(wanted) - len(elsewhere)} of the destination's {len(wanted)} parameters)")
+    if held_anyway:
+        what = (f"lacks {len(held_anyway)} parameter(s) the checkpoints hold (e.g. {held_anyway[0]!r}), so it "
+                f"is read as pipeline stage {src.stage}'s own file: it {what}")
+    level = logging.WARNING if src.stage == 0 else logging.INFO
+    log.log(level, "the source strategy %s %s: writing rank_x/%sx_part%d files for this stage, as "
+            "mindspore.transform_checkpoints does; run once per stage's strategy file, or give the whole "
+            "pipeline's strategy (the folder of stage files) to convert every stage at once",
+            src.source or "", what, planner.prefix, src.stage)
 
 
 def plan_targets(planner: Planner, targets: Collection[int], needed: Collection[int], seen: Collection[int],

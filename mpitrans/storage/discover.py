@@ -4,7 +4,9 @@ Layout on disk follows MindSpore: `model_dir/rank_<id>/*.ckpt` or `*.safetensors
 When a rank directory holds several checkpoints MindSpore's rules pick one: the lexicographically last
 `.ckpt` (not always the latest step: epoch 9 sorts after epoch 10, which a warning then says); the
 `.safetensors` with the highest (epoch, step); or, with `--src-postfix` (MindSpore's `file_suffix`), the
-one it names. A single `.ckpt` or `.safetensors` file stands for an unsplit model: source rank 0.
+one it names. A directory holding only `{stem}_part{N}` files (a per-stage conversion's output) is one
+source: the rank directory itself, read as the union of its parts (`storage.parts`). A single `.ckpt`
+or `.safetensors` file stands for an unsplit model: source rank 0.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from mpitrans.errors import MpitransError
 from mpitrans.storage.formats import SOURCE_SUFFIXES
+from mpitrans.storage.parts import part_set
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 
@@ -68,6 +71,9 @@ def _choose(rank_dir: str, files: list[str], suffix: str, postfix: str | None) -
     name order; for `.safetensors` the one whose last two numbers (epoch, step) are highest; with a
     postfix, the one it names."""
     paths = [os.path.join(rank_dir, f) for f in files]
+    if not postfix and part_set(files):
+        # One rank's checkpoint split by pipeline stage: the directory stands for the union of its parts.
+        return rank_dir, None
     if postfix:
         chosen = choose_by_suffix(paths, postfix, suffix)
         matching = [p for p in paths if p.endswith(postfix + suffix)]

@@ -59,6 +59,11 @@ def format_of_path(path: str) -> Format:
 
 
 def open_source(path: str, index: bytes | None = None) -> SourceReader:
+    """A source file's reader; a directory is a rank's `_part` files read as one (`storage.parts`)."""
+    if os.path.isdir(path):
+        from mpitrans.storage.parts import PartsSource
+
+        return PartsSource(path, index)
     return format_of_path(path).open_source(path, index)
 
 
