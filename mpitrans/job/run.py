@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
@@ -31,6 +31,7 @@ from mpitrans.job.transport import Transport, make_transport
 from mpitrans.plan.coverage import check_world_size
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.storage.base import remove_stale_temps
+from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting
 from mpitrans.storage.formats import target_filename
 
 log = logging.getLogger("mpitrans")
@@ -127,16 +128,27 @@ class _Run:
     fingerprints: dict[int, dict] = field(init=False)
     used: dict[int, list[int]] = field(init=False)  # target -> the source ranks it may be built from
     start: float = field(default_factory=time.perf_counter)
+    reading: CkptReading = field(init=False)
+    writing: CkptWriting = field(init=False)
 
     def __post_init__(self) -> None:
         self.stats = RankStats(self.t.rank, socket.gethostname())
 
     def go(self, placement: Placement | None) -> Summary:
+        """The job; private plaintext copies (encrypted files) are removed however it ends."""
+        self.reading, self.writing = agree(self.t, self.opts.ckpt_files)
+        try:
+            return self._go(placement)
+        finally:
+            if self.reading.scratch is not None:
+                self.reading.scratch.cleanup()
+
+    def _go(self, placement: Placement | None) -> Summary:
         t, o = self.t, self.opts
         setup = start(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.selection())
         self.stats.lap("strategies", self.start)
         self.where = place_targets(t, o, setup, placement)
-        self.job = plan_job(setup, self.where, o.strict)
+        self.job = plan_job(setup, self.where, o.strict, self.reading)
         self.stats.phases.update({k: round(v, 4) for k, v in self.job.timings.items()})
         clock = time.perf_counter()
         agree(t, lambda: check_destination(o.dst_checkpoint, o.src_checkpoint, self.job.visible))
@@ -190,7 +202,7 @@ class _Run:
         fault_point("after-plan", t.rank)
         self.stats.targets = self._mine()
         todo = {tr: p for tr, p in self.job.plans.items() if tr not in kept}
-        moves = self.job.moves(todo)
+        moves = replace(self.job.moves(todo), reading=self.reading, writing=self.writing)
         written = execute(t, moves, self.path_of, self.opts.max_buffer, self.stats, self._record_progress,
                           self.opts.show_progress)
         clock = time.perf_counter()

@@ -19,6 +19,7 @@ from math import prod
 
 from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
+from mpitrans.job.agree import agree
 from mpitrans.job.options import JobOptions
 from mpitrans.job.prepare import plan_job, start
 from mpitrans.job.rounds import Rounds, chunk_size, my_chunks, run_with_sink
@@ -156,14 +157,18 @@ def verify_job(opts: JobOptions, t: Transport) -> list[TargetResult]:
 
     checker = _checkers(t, setup.targets, path_of)
     where = {tr: checker.get(tr, tr % t.size) for tr in setup.targets}
-    job = plan_job(setup, where, opts.strict)
-    mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
-    comparer = _Comparer(mine, path_of, chunk_size(opts.max_buffer, t.size), ordered)
-    files = SourceFiles(job.visible, job.metas, job.sources)
-    moves = job.moves({p.rank: p for p in mine})
-    chunks = my_chunks(t, moves, comparer.chunk_hint)
-    sink = comparer if mine else None
-    run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)
+    reading, _ = agree(t, opts.ckpt_files)  # encrypted sources are decrypted as the transform does
+    try:
+        job = plan_job(setup, where, opts.strict, reading)
+        mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
+        comparer = _Comparer(mine, path_of, chunk_size(opts.max_buffer, t.size), ordered)
+        files = SourceFiles(job.visible, job.metas, job.sources, reading)
+        chunks = my_chunks(t, job.moves({p.rank: p for p in mine}), comparer.chunk_hint)
+        sink = comparer if mine else None
+        run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)
+    finally:
+        if reading.scratch is not None:
+            reading.scratch.cleanup()
     results = _results(t, mine, comparer.failures, opts.dst_checkpoint, path_of)
     everything = []
     for blob in t.allgather_bytes(json.dumps([asdict(r) for r in results]).encode()):

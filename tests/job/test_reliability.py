@@ -165,7 +165,7 @@ def test_more_bad_inputs_fail_cleanly(example, tmp_path, problem):
     dst = tmp_path / "dst"
     if problem == "encrypted":
         _encrypt_like_mindspore(next((src / "rank_2").glob("*.ckpt")))
-        expect = ["rank_2", "encrypted"]
+        expect = ["rank_2", "looks encrypted", "--dec-key-file"]
     elif problem == "corrupted":
         victim = next((src / "rank_0").glob("*.ckpt"))
         data = bytearray(victim.read_bytes())

@@ -272,3 +272,49 @@ def decrypt_to_scratch(src: str, scratch: Scratch, key: bytes, mode: str) -> str
             os.unlink(plain)
         raise
     return plain
+
+
+# -- what a job asks of its .ckpt files ------------------------------------------------------------------
+
+
+@dataclass
+class CkptReading:
+    """How a job reads `.ckpt` sources: whether the process that indexes a file checks its CRC trailer,
+    and the key (never shown: ``repr=False``) that opens encrypted ones, each decrypted once per process."""
+
+    crc_check: bool = False
+    key: bytes | None = field(default=None, repr=False)
+    mode: str = "AES-GCM"
+    scratch: Scratch | None = None
+    _plain: dict[str, str] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def plain_path(self, path: str) -> str:
+        """`path` itself for a plain file, else its decrypted private copy (made on first use)."""
+        with self._lock:
+            if path in self._plain:
+                return self._plain[path]
+            found = cipher_mode(path)
+            if found is None:
+                self._plain[path] = path
+                return path
+            if self.key is None or self.scratch is None:
+                raise CheckpointFormatError(f"{path}: the file looks encrypted ({found}, saved with MindSpore's "
+                                            f"enc_key); pass --dec-key-file and --dec-mode {found}")
+            self._plain[path] = decrypt_to_scratch(path, self.scratch, self.key, self.mode)
+            return self._plain[path]
+
+
+@dataclass
+class CkptWriting:
+    """How a job writes `.ckpt` targets: with MindSpore's CRC trailer, or encrypted (never both: MindSpore
+    cannot check the CRC of an encrypted file)."""
+
+    crc_check: bool = False
+    key: bytes | None = field(default=None, repr=False)
+    mode: str = "AES-GCM"
+    scratch: Scratch | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.key is not None

@@ -7,14 +7,18 @@ that reads the file later is handed the export instead of indexing the file agai
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from mpitrans.errors import CheckpointFormatError, MpitransError
 from mpitrans.metadata import TensorMeta
 from mpitrans.storage.base import Box
 from mpitrans.storage.ckpt.boxread import read_box_into
+from mpitrans.storage.ckpt.crypto import CkptReading
 from mpitrans.storage.ckpt.format import ITEM_SIZES, TO_NEUTRAL
 from mpitrans.storage.ckpt.index import CheckpointIndex, Record, TensorEntry, index_checkpoint
+
+log = logging.getLogger("mpitrans")
 
 
 def tensors_of(index: CheckpointIndex) -> list[TensorMeta]:
@@ -40,11 +44,23 @@ def import_index(path: str, data: bytes) -> CheckpointIndex:
 
 class CkptSource:
     """Indexed on open (headers only) unless handed an exported index; the file is opened on the first
-    read, so a process that only plans with the index need not see the file at all."""
+    read, so a process that only plans with the index need not see the file at all.
 
-    def __init__(self, path: str, index: bytes | None = None) -> None:
+    `reading` says whether indexing also checks the file's CRC (the whole file is read once, so only the
+    indexing process does it) and how to open an encrypted file (its decrypted private copy is indexed and
+    read; messages still name the file itself)."""
+
+    def __init__(self, path: str, index: bytes | None = None, reading: CkptReading | None = None) -> None:
         self.path = path
-        self.index = index_checkpoint(path) if index is None else import_index(path, index)
+        self.reading = reading or CkptReading()
+        if index is None:
+            self.index = index_checkpoint(self.reading.plain_path(path), verify_crc=self.reading.crc_check,
+                                          name=path)
+            if self.reading.crc_check and self.index.crc is None:
+                log.warning("%s: --crc-check: the file has no CRC (it was not saved with crc_check=True); "
+                            "read without checking", path)
+        else:
+            self.index = import_index(path, index)
         self._fd = -1
 
     def tensors(self) -> list[TensorMeta]:
@@ -61,7 +77,7 @@ class CkptSource:
 
     def read_box(self, name: str, box: Box, out: memoryview) -> None:
         if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            self._fd = os.open(self.reading.plain_path(self.path), os.O_RDONLY)
             if os.fstat(self._fd).st_size != self.index.size:
                 raise CheckpointFormatError(f"{self.path}: the file changed size since it was indexed "
                                             f"({os.fstat(self._fd).st_size} bytes, indexed {self.index.size})")
