@@ -31,7 +31,7 @@ from mpitrans.job.transport import Transport, make_transport
 from mpitrans.plan.coverage import check_world_size
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.storage.base import remove_stale_temps
-from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting
+from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting, remove_stale_scratch
 from mpitrans.storage.formats import target_filename
 
 log = logging.getLogger("mpitrans")
@@ -243,6 +243,7 @@ class _Run:
             remove_stale_temps(path)
         if self.writes_here:
             manifest.remove_stale_temps(self.opts.dst_checkpoint)
+        remove_stale_scratch(self.opts.dst_checkpoint)  # plaintext copies of killed processes on this host
 
     def _entry(self, target: int, size: int, crc: int) -> dict:
         return {"path": self.relpath(target), "size": size, "crc32c": crc, "sources": self.used[target]}

@@ -173,3 +173,22 @@ def test_crc_checked_only_when_asked(tmp_path: Path) -> None:
         CkptSource(str(tmp_path / "c.ckpt"), reading=CkptReading(crc_check=True))
     with pytest.raises(ValueError, match="c.ckpt"):  # MindSpore refuses it too (its message hides why)
         ms.load_checkpoint(str(tmp_path / "c.ckpt"), crc_check=True)
+
+
+def test_stale_scratch_of_dead_processes_is_removed(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    live = Scratch(str(tmp_path))
+    live.new_path("x.ckpt")
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    dead = tmp_path / f"{crypto.SCRATCH_PREFIX}{socket.gethostname()}-{dead_pid}-abc"
+    other_host = tmp_path / f"{crypto.SCRATCH_PREFIX}elsewhere-{dead_pid}-abc"
+    for d in (dead, other_host):
+        d.mkdir()
+        (d / "1-plain.ckpt").write_bytes(b"secret")
+    crypto.remove_stale_scratch(str(tmp_path))
+    assert not dead.exists() and other_host.exists() and live.folder and os.path.isdir(live.folder)
+    live.cleanup()

@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import socket
 import struct
 import tempfile
 import threading
@@ -41,6 +42,7 @@ GCM_NONCE = 12  # MindSpore stores 16 IV bytes but OpenSSL's GCM uses the defaul
 TAG_BYTES = 16
 KEY_SIZES = {"AES-GCM": (16, 24, 32), "AES-CBC": (16, 24, 32), "SM4-CBC": (16,)}
 ENV_PREFIX = "env:"
+SCRATCH_PREFIX = ".mpitrans-plain-"  # then host, pid: a later job can tell a dead process's folder
 _INT = struct.Struct("<i")
 
 
@@ -243,7 +245,8 @@ class Scratch:
         with self._lock:
             if self.folder is None:
                 os.makedirs(self.base, exist_ok=True)
-                self.folder = tempfile.mkdtemp(prefix=".mpitrans-plain-", dir=self.base)
+                self.folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{socket.gethostname()}-{os.getpid()}-",
+                                               dir=self.base)
                 atexit.register(self.cleanup)
             self._count += 1
             return os.path.join(self.folder, f"{self._count}-{os.path.basename(hint)}")
@@ -253,6 +256,32 @@ class Scratch:
             if self.folder is not None:
                 shutil.rmtree(self.folder, ignore_errors=True)
                 self.folder = None
+
+
+def remove_stale_scratch(base: str) -> None:
+    """Scratch folders under `base` of processes of this host that no longer run (killed by a signal or an
+    MPI abort, which skip every cleanup); another host's folders are left to that host."""
+    prefix = f"{SCRATCH_PREFIX}{socket.gethostname()}-"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def private_file(path: str) -> BinaryIO:
