@@ -72,10 +72,11 @@ class JobOptions:
         if not isinstance(self.max_buffer, int) or self.max_buffer <= 0:
             raise MpitransError(f"max_buffer must be a positive number of bytes, got {self.max_buffer!r}")
 
-    def ckpt_files(self) -> tuple[CkptReading, CkptWriting]:
+    def ckpt_files(self, scratch_base: str | None = None) -> tuple[CkptReading, CkptWriting]:
         """How this process reads and writes `.ckpt` files, keys loaded (on every process: the key file,
-        or the variable, must be there). One scratch folder holds every private plaintext copy."""
-        scratch = Scratch(self.tmp_dir or self.dst_checkpoint)
+        or the variable, must be there). One scratch folder holds every private plaintext copy: in
+        `tmp_dir`, else `scratch_base` (a dry run keeps out of the output directory), else the output."""
+        scratch = Scratch(self.tmp_dir or scratch_base or self.dst_checkpoint)
         dec = load_key(self.dec_key_file, self.dec_mode, "--dec-key-file") if self.dec_key_file else None
         enc = load_key(self.enc_key_file, self.enc_mode, "--enc-key-file") if self.enc_key_file else None
         return (CkptReading(self.crc_check, dec, self.dec_mode, scratch),

@@ -164,3 +164,20 @@ def test_encrypted_output_refuses_safetensors(example: Path, tmp_path: Path) -> 
     proc = mpirun(1, _args(example, example / "src", tmp_path / "dst", "--enc-key-file", str(tmp_path / "key.bin"),
                            "--output-format", "safetensors", "--quiet"), timeout=60)
     assert proc.returncode != 0 and "--enc-key-file and --crc-check apply to ckpt targets" in proc.stderr
+
+
+def test_dry_run_and_verify_read_encrypted_sources(example: Path, tmp_path: Path) -> None:
+    key = os.urandom(16)
+    (tmp_path / "key.bin").write_bytes(key)
+    src = tmp_path / "src"
+    shutil.copytree(example / "src", src)
+    _resave(src, enc_key=key, enc_mode="AES-CBC")
+    dst = tmp_path / "dst"
+    dec = ["--dec-key-file", str(tmp_path / "key.bin"), "--dec-mode", "AES-CBC", "--quiet"]
+    plan = mpirun(2, [*_args(example, src, dst, *dec), "--dry-run"], timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert not dst.exists(), "a dry run leaves the output directory alone"
+    assert mpirun(2, _args(example, src, dst, *dec), timeout=120).returncode == 0
+    checked = mpirun(2, ["verify", *[a for a in _args(example, src, dst, *dec) if a != "--quiet"]], timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert not list(dst.rglob(".mpitrans-plain-*"))
