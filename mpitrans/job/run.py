@@ -159,6 +159,9 @@ class _Run:
         self.identity = manifest.job_identity(self.job.src_bytes, self.job.dst_bytes, o.prefix)
         if o.selection() != ALL_OF_EACH_FILE:  # filters and --src-postfix change the targets: resume only alike
             self.identity["selection"] = repr(o.selection())
+        if self.writing.encrypted or self.writing.crc_check:  # other bytes: resume only a run that wrote alike
+            self.identity["ckpt_output"] = f"{self.writing.mode if self.writing.encrypted else 'plain'}, crc " \
+                                           f"{self.writing.crc_check}"
         lock = JobLock(o.dst_checkpoint, t.bcast_bytes(uuid.uuid4().hex.encode() if t.rank == 0 else None).decode())
         agree(t, lambda: lock.acquire() if self.writes_here else None)
         if lock.stale:
