@@ -186,6 +186,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("auto_trans_ckpt", ("auto-trans-ckpt",), "MindFormers' training-time switch; accepted from a "
            "MindFormers YAML and ignored with a note (mpitrans is the offline conversion)", kind="switch",
            cli_default=False),
+    Option("crc_check", ("crc-check",), "check the CRC of every source .ckpt that has one (MindSpore's "
+           "load_checkpoint(crc_check=True); each file is read once more, by the process indexing it) and "
+           "end plain .ckpt targets with one (save_checkpoint(crc_check=True))", kind="switch", commands=_JOB),
+    Option("dec_key_file", ("dec-key-file",), "key of encrypted source .ckpt files: a file holding the raw "
+           "key bytes (16, 24 or 32), or env:NAME for a variable holding it in hex; never a key itself",
+           metavar="PATH", commands=_JOB),
+    Option("dec_mode", ("dec-mode",), "cipher of the encrypted sources (default {default})", kind="choice",
+           choices=("AES-GCM", "AES-CBC", "SM4-CBC"), metavar="MODE", commands=_JOB),
+    Option("enc_key_file", ("enc-key-file",), "encrypt the .ckpt targets as save_checkpoint(enc_key=) does, "
+           "with the key in this file (or env:NAME, hex)", metavar="PATH"),
+    Option("enc_mode", ("enc-mode",), "cipher of encrypted targets (default {default})", kind="choice",
+           choices=("AES-GCM", "AES-CBC", "SM4-CBC"), metavar="MODE"),
+    Option("tmp_dir", ("tmp-dir",), "folder for the private plaintext copies that encryption needs (default: "
+           "inside the output directory); they are removed when the job ends", metavar="DIR", commands=_JOB),
     Option("overwrite", ("overwrite",), "replace target files that already exist (default: refuse, before "
            "moving any byte)", kind="switch"),
     Option("resume", ("resume",), "keep targets that an earlier run of the same job completed (checked against "

@@ -9,10 +9,12 @@ takes. Useful to check a placement or a hostfile before a long job, and for scri
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from math import prod
 
+from mpitrans.job.agree import agree
 from mpitrans.job.exchange import exchange_asks, round_sizes
 from mpitrans.job.options import JobOptions
 from mpitrans.job.prepare import plan_job, start
@@ -52,7 +54,12 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     process counts its own part (what it writes, reads, sends and receives); the parts are gathered."""
     setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.selection())
     where = place_targets(t, opts, setup, placement)
-    job = plan_job(setup, where, opts.strict)
+    reading, _ = agree(t, lambda: opts.ckpt_files(tempfile.gettempdir()))
+    try:  # encrypted sources are indexed through private copies, removed at once
+        job = plan_job(setup, where, opts.strict, reading)
+    finally:
+        if reading.scratch is not None:
+            reading.scratch.cleanup()
     chunk_bytes = chunk_size(opts.max_buffer, t.size)
     moves = job.moves(job.plans, where)
     chunks = my_chunks(t, moves, chunk_bytes)

@@ -19,6 +19,7 @@ from mpitrans.job.agree import agree
 from mpitrans.job.inventory import Inventory
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
+from mpitrans.storage.ckpt.crypto import CkptReading
 from mpitrans.storage.formats import open_source
 
 
@@ -70,8 +71,10 @@ class SourceMetadata:
         return {g: self.blobs[self.hashes[g]] for g in files if self.hashes.get(g) in self.blobs}
 
 
-def index_sources(t: Transport, inv: Inventory, to_index: list[int]) -> SourceMetadata:
-    """Collective: index `to_index` (each file once, by one of its seers) and share the file -> hash map."""
+def index_sources(t: Transport, inv: Inventory, to_index: list[int],
+                  reading: CkptReading | None = None) -> SourceMetadata:
+    """Collective: index `to_index` (each file once, by one of its seers) and share the file -> hash map.
+    With `reading.crc_check` the indexing process is also the one that checks the file's CRC."""
     indexer = {g: inv.seers[g][i % len(inv.seers[g])] for i, g in enumerate(to_index)}
 
     def index_mine() -> tuple[dict[str, str], dict[str, bytes]]:
@@ -80,7 +83,7 @@ def index_sources(t: Transport, inv: Inventory, to_index: list[int]) -> SourceMe
         for g in to_index:
             if indexer[g] != t.rank:
                 continue
-            reader = open_source(inv.paths[t.rank][g])
+            reader = open_source(inv.paths[t.rank][g], reading=reading)
             try:
                 blob = reader.export_index()
             finally:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from mpitrans.errors import MpitransError
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter, split_patterns
 from mpitrans.plan.lora import LoraMerge, parse_scaling
+from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting, Scratch, check_mode, load_key
 from mpitrans.storage.formats import target_filename, target_format
 
 DEFAULT_MAX_BUFFER = 64 << 20
@@ -58,6 +59,14 @@ class JobOptions:
     dst_file: str | None = None  # the one target of a full merge written as DIR/NAME (not rank_0/...)
 
     output_format: str = "ckpt"  # the targets' format: ckpt or safetensors (storage.formats)
+    # MindSpore's crc_check and enc_key/dec_key for .ckpt files (storage/ckpt/crypto.py). Keys are named
+    # (a file, or env:NAME), never held here, so no option dump can show one.
+    crc_check: bool = False  # check sources' CRC trailers while indexing; write one on plain targets
+    dec_key_file: str | None = None
+    dec_mode: str = "AES-GCM"
+    enc_key_file: str | None = None
+    enc_mode: str = "AES-GCM"
+    tmp_dir: str | None = None  # private plaintext copies go here (default: under dst_checkpoint)
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -69,8 +78,23 @@ class JobOptions:
         if self.lora_scaling is not None:
             object.__setattr__(self, "lora_scaling", parse_scaling(self.lora_scaling))
             object.__setattr__(self, "lora_merge", True)
+        check_mode(self.dec_mode, "--dec-mode")
+        check_mode(self.enc_mode, "--enc-mode")
+        if self.output_format != "ckpt" and (self.enc_key_file or self.crc_check):
+            raise MpitransError(f"--enc-key-file and --crc-check apply to ckpt targets, not to "
+                                f"--output-format {self.output_format}")
         if not isinstance(self.max_buffer, int) or self.max_buffer <= 0:
             raise MpitransError(f"max_buffer must be a positive number of bytes, got {self.max_buffer!r}")
+
+    def ckpt_files(self, scratch_base: str | None = None) -> tuple[CkptReading, CkptWriting]:
+        """How this process reads and writes `.ckpt` files, keys loaded (on every process: the key file,
+        or the variable, must be there). One scratch folder holds every private plaintext copy: in
+        `tmp_dir`, else `scratch_base` (a dry run keeps out of the output directory), else the output."""
+        scratch = Scratch(self.tmp_dir or scratch_base or self.dst_checkpoint)
+        dec = load_key(self.dec_key_file, self.dec_mode, "--dec-key-file") if self.dec_key_file else None
+        enc = load_key(self.enc_key_file, self.enc_mode, "--enc-key-file") if self.enc_key_file else None
+        return (CkptReading(self.crc_check, dec, self.dec_mode, scratch),
+                CkptWriting(self.crc_check and enc is None, enc, self.enc_mode, scratch))
 
     def selection(self) -> Selection:
         keep = ParamFilter(self.include, self.exclude, self.exclude_prefix, self.drop_optimizer_state)

@@ -31,6 +31,7 @@ from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
 from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_index, needed_by, plan_targets
 from mpitrans.plan.misfit import Misfit, describe, misfits
 from mpitrans.plan.planner import Planner, TargetPlan
+from mpitrans.storage.ckpt.crypto import CkptReading
 from mpitrans.storage.discover import rank_dirs_without_checkpoint
 from mpitrans.strategy.model import StrategyFile
 
@@ -150,11 +151,11 @@ def warn_misfits(t: Transport, found: list[Misfit]) -> None:
         log.warning("%s", describe(every))
 
 
-def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
+def plan_job(setup: Setup, where: dict[int, int], strict: bool = True, reading: CkptReading | None = None) -> Job:
     """Collective: metadata of the needed files, checks, and the plans of this process's targets.
 
     Every process plans only the targets `where` gives it, so planning costs grow with what a process
-    writes, not with the job."""
+    writes, not with the job. `reading`: CRC checks and keys for the `.ckpt` files indexed here."""
     t, src, dst, inv, prefix = setup.t, setup.src, setup.dst, setup.inventory, setup.prefix
     mine = [tr for tr in setup.targets if where[tr] == t.rank]
     needed_here = agree(t, lambda: needed_by(setup.shape_only, mine))
@@ -162,7 +163,7 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
     probes = probe_ranks(source_scope(src, dst, prefix), inv.seers)
     to_index = sorted(set(files_to_index(needed, inv.seers)) | probes)
     clock = time.perf_counter()
-    sources = index_sources(t, inv, to_index)
+    sources = index_sources(t, inv, to_index, reading)
     timings = {"index": time.perf_counter() - clock}
     clock = time.perf_counter()
     # Rank 0 checks the whole source (each distinct structure once); every process checks what it plans

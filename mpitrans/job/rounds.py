@@ -27,6 +27,7 @@ from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.plan.schedule import Chunk, Piece, build_chunks
+from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Moves:
     file_ids: Mapping[int, Mapping[int, tuple]]
     sources: SourceMetadata | None = None  # exported indexes (None: each reader indexes its files)
     where: Mapping[int, int] | None = None  # every target of the job -> the process writing it
+    reading: CkptReading | None = None  # .ckpt sources: CRC check, decryption
+    writing: CkptWriting | None = None  # .ckpt targets: CRC trailer, encryption
 
 
 def chunk_size(max_buffer: int, nprocs: int) -> int:
@@ -193,10 +196,10 @@ def execute(t: Transport, moves: Moves, path_of: Callable[[TargetPlan], str], ma
     chunks = my_chunks(t, moves, chunk_bytes)
     stats.lap("exchange", clock)
     mine = [moves.plans[tr] for tr in sorted(moves.plans)]
-    writer = DiskWriter(mine, path_of, chunk_bytes, t.rank) if mine else None
+    writer = DiskWriter(mine, path_of, chunk_bytes, t.rank, writing=moves.writing) if mine else None
     if writer is not None:
         writer.on_done = on_done
-    files = SourceFiles(moves.visible, moves.metas, moves.sources)
+    files = SourceFiles(moves.visible, moves.metas, moves.sources, moves.reading)
     progress = Progress(1) if show_progress and t.rank == 0 else None  # its total comes with the chunk sizes
     run_with_sink(Rounds(t, chunks, files, writer, stats, progress), writer, files)
     stats.bytes_read = files.bytes_read

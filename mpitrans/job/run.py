@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from mpitrans.errors import MpitransError
 from mpitrans.job import manifest
@@ -31,6 +31,7 @@ from mpitrans.job.transport import Transport, make_transport
 from mpitrans.plan.coverage import check_world_size
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.storage.base import remove_stale_temps
+from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting, remove_stale_scratch
 
 log = logging.getLogger("mpitrans")
 
@@ -127,16 +128,27 @@ class _Run:
     fingerprints: dict[int, dict] = field(init=False)
     used: dict[int, list[int]] = field(init=False)  # target -> the source ranks it may be built from
     start: float = field(default_factory=time.perf_counter)
+    reading: CkptReading = field(init=False)
+    writing: CkptWriting = field(init=False)
 
     def __post_init__(self) -> None:
         self.stats = RankStats(self.t.rank, socket.gethostname())
 
     def go(self, placement: Placement | None) -> Summary:
+        """The job; private plaintext copies (encrypted files) are removed however it ends."""
+        self.reading, self.writing = agree(self.t, self.opts.ckpt_files)
+        try:
+            return self._go(placement)
+        finally:
+            if self.reading.scratch is not None:
+                self.reading.scratch.cleanup()
+
+    def _go(self, placement: Placement | None) -> Summary:
         t, o = self.t, self.opts
         setup = start(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.selection())
         self.stats.lap("strategies", self.start)
         self.where = place_targets(t, o, setup, placement)
-        self.job = plan_job(setup, self.where, o.strict)
+        self.job = plan_job(setup, self.where, o.strict, self.reading)
         self.stats.phases.update({k: round(v, 4) for k, v in self.job.timings.items()})
         clock = time.perf_counter()
         agree(t, lambda: check_destination(o.dst_checkpoint, o.src_checkpoint, self.job.visible))
@@ -147,6 +159,9 @@ class _Run:
         self.identity = manifest.job_identity(self.job.src_bytes, self.job.dst_bytes, o.prefix)
         if o.selection() != ALL_OF_EACH_FILE:  # filters and --src-postfix change the targets: resume only alike
             self.identity["selection"] = repr(o.selection())
+        if self.writing.encrypted or self.writing.crc_check:  # other bytes: resume only a run that wrote alike
+            self.identity["ckpt_output"] = f"{self.writing.mode if self.writing.encrypted else 'plain'}, crc " \
+                                           f"{self.writing.crc_check}"
         lock = JobLock(o.dst_checkpoint, t.bcast_bytes(uuid.uuid4().hex.encode() if t.rank == 0 else None).decode())
         agree(t, lambda: lock.acquire() if self.writes_here else None)
         if lock.stale:
@@ -190,7 +205,7 @@ class _Run:
         fault_point("after-plan", t.rank)
         self.stats.targets = self._mine()
         todo = {tr: p for tr, p in self.job.plans.items() if tr not in kept}
-        moves = self.job.moves(todo, self.where)
+        moves = replace(self.job.moves(todo, self.where), reading=self.reading, writing=self.writing)
         written = execute(t, moves, self.path_of, self.opts.max_buffer, self.stats, self._record_progress,
                           self.opts.show_progress)
         clock = time.perf_counter()
@@ -231,6 +246,7 @@ class _Run:
             remove_stale_temps(path)
         if self.writes_here:
             manifest.remove_stale_temps(self.opts.dst_checkpoint)
+        remove_stale_scratch(self.opts.dst_checkpoint)  # plaintext copies of killed processes on this host
 
     def _entry(self, target: int, size: int, crc: int) -> dict:
         return {"path": self.relpath(target), "size": size, "crc32c": crc, "sources": self.used[target]}

@@ -23,6 +23,7 @@ from mpitrans.metadata import TensorMeta, itemsize
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.plan.schedule import Chunk
 from mpitrans.storage.base import TargetWriter
+from mpitrans.storage.ckpt.crypto import CkptWriting
 from mpitrans.storage.formats import Format, format_of_path
 
 END = "end"
@@ -101,12 +102,13 @@ class DiskWriter(ChunkSink):
     runs after each target is published (renamed and its directory fsynced)."""
 
     def __init__(self, targets: list[TargetPlan], path_of: Callable[[TargetPlan], str], chunk_hint: int,
-                 rank: int, fmt: Format | None = None) -> None:
+                 rank: int, fmt: Format | None = None, writing: CkptWriting | None = None) -> None:
         super().__init__("mpitrans-writer", chunk_hint)
         self.targets = targets
         self.path_of = path_of
         self.fmt = fmt  # None: each target's format follows its file name's suffix
         self.rank = rank
+        self.writing = writing  # .ckpt targets: CRC trailer, encryption
         self.bytes_written = 0
         self.results: dict[int, tuple[str, int, int]] = {}  # target -> (path, size, crc32c)
         self.on_done: Callable[[int, int, int], None] | None = None
@@ -158,7 +160,7 @@ class DiskWriter(ChunkSink):
         self._opened.add(index)
         fmt = self.fmt or format_of_path(path)
         return fmt.open_target(path, [TensorMeta(x.name, x.dtype, x.shape) for x in target.tensors
-                                      if x.written])
+                                      if x.written], self.writing)
 
     def _publish_current(self) -> None:
         writer = self._current

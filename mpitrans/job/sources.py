@@ -8,6 +8,7 @@ from mpitrans.job.metadata import SourceMetadata
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.schedule import Piece
 from mpitrans.storage.base import SourceReader
+from mpitrans.storage.ckpt.crypto import CkptReading
 from mpitrans.storage.formats import open_source
 
 
@@ -16,10 +17,11 @@ class SourceFiles:
     planned with, so a file changed or different on this host fails loudly instead of giving wrong bytes."""
 
     def __init__(self, paths: dict[int, str], metas: dict[int, list[TensorMeta]],
-                 sources: SourceMetadata | None = None) -> None:
+                 sources: SourceMetadata | None = None, reading: CkptReading | None = None) -> None:
         self.paths = paths
         self.sources = sources  # exported indexes: a file is not indexed again to be read
         self.indexes: dict[int, bytes] = {}
+        self.reading = reading  # .ckpt decryption (a file indexed elsewhere is decrypted here on first read)
         self.metas = {r: {m.name: m for m in ms} for r, ms in metas.items()}
         self._readers: dict[int, SourceReader] = {}
         self._listed: dict[int, dict[str, TensorMeta]] = {}
@@ -29,7 +31,8 @@ class SourceFiles:
     def reader(self, src_rank: int, name: str) -> SourceReader:
         reader = self._readers.get(src_rank)
         if reader is None:
-            reader = self._readers[src_rank] = open_source(self.paths[src_rank], self.indexes.get(src_rank))
+            reader = self._readers[src_rank] = open_source(self.paths[src_rank], self.indexes.get(src_rank),
+                                                                 self.reading)
             self._listed[src_rank] = {m.name: m for m in reader.tensors()}
         if (src_rank, name) not in self._checked:
             here = self._listed[src_rank].get(name)

@@ -167,14 +167,18 @@ def verify_job(opts: JobOptions, t: Transport) -> list[TargetResult]:
     agree(t, lambda: check_single_target(opts.dst_file, setup.targets))
     checker = _checkers(t, setup.targets, path_of)
     where = {tr: checker.get(tr, tr % t.size) for tr in setup.targets}
-    job = plan_job(setup, where, opts.strict)
-    mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
-    comparer = _Comparer(mine, path_of, chunk_size(opts.max_buffer, t.size), ordered)
-    files = SourceFiles(job.visible, job.metas, job.sources)
-    moves = job.moves({p.rank: p for p in mine}, where)
-    chunks = my_chunks(t, moves, comparer.chunk_hint)
-    sink = comparer if mine else None
-    run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)
+    reading, _ = agree(t, opts.ckpt_files)  # encrypted sources are decrypted as the transform does
+    try:
+        job = plan_job(setup, where, opts.strict, reading)
+        mine = [job.plans[tr] for tr in sorted(job.plans) if tr in checker]
+        comparer = _Comparer(mine, path_of, chunk_size(opts.max_buffer, t.size), ordered)
+        files = SourceFiles(job.visible, job.metas, job.sources, reading)
+        chunks = my_chunks(t, job.moves({p.rank: p for p in mine}, where), comparer.chunk_hint)
+        sink = comparer if mine else None
+        run_with_sink(Rounds(t, chunks, files, sink, RankStats(t.rank, socket.gethostname())), sink, files)
+    finally:
+        if reading.scratch is not None:
+            reading.scratch.cleanup()
     results = _results(t, mine, comparer.failures, opts.dst_checkpoint, path_of)
     everything = []
     for blob in t.allgather_bytes(json.dumps([asdict(r) for r in results]).encode()):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mpitrans.errors import MpitransError
 from mpitrans.metadata import TensorMeta
 from mpitrans.storage.base import SourceReader, TargetWriter
+from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting
 
 
 @dataclass(frozen=True)
@@ -20,23 +21,26 @@ class Format:
     name: str
     suffix: str
 
-    def open_source(self, path: str, index: bytes | None = None) -> SourceReader:
-        """`index`: what a peer's `export_index()` of the same file returned (saves indexing it again)."""
+    def open_source(self, path: str, index: bytes | None = None, reading: CkptReading | None = None) -> SourceReader:
+        """`index`: what a peer's `export_index()` of the same file returned (saves indexing it again);
+        `reading`: CRC check and decryption of `.ckpt` files (other formats have neither)."""
         if self.name == "ckpt":
             from mpitrans.storage.ckpt.source import CkptSource
 
-            return CkptSource(path, index)
+            return CkptSource(path, index, reading)
         if self.name == "safetensors":
             from mpitrans.storage.safetensors import SafetensorsSource
 
             return SafetensorsSource(path, index)
         raise MpitransError(f"{path}: reading {self.name} files is not supported")
 
-    def open_target(self, path: str, tensors: Sequence[TensorMeta]) -> TargetWriter:
+    def open_target(self, path: str, tensors: Sequence[TensorMeta],
+                    writing: CkptWriting | None = None) -> TargetWriter:
+        """`writing`: CRC trailer or encryption of a `.ckpt` target (refused for other formats by the job)."""
         if self.name == "ckpt":
             from mpitrans.storage.ckpt.writer import CkptTarget
 
-            return CkptTarget(path, tensors)
+            return CkptTarget(path, tensors, writing)
         if self.name == "safetensors":
             from mpitrans.storage.safetensors import SafetensorsTarget
 
@@ -58,13 +62,13 @@ def format_of_path(path: str) -> Format:
     raise MpitransError(f"{path}: not a checkpoint mpitrans can read (expected one of {', '.join(SOURCE_SUFFIXES)})")
 
 
-def open_source(path: str, index: bytes | None = None) -> SourceReader:
+def open_source(path: str, index: bytes | None = None, reading: CkptReading | None = None) -> SourceReader:
     """A source file's reader; a directory is a rank's `_part` files read as one (`storage.parts`)."""
     if os.path.isdir(path):
         from mpitrans.storage.parts import PartsSource
 
         return PartsSource(path, index)
-    return format_of_path(path).open_source(path, index)
+    return format_of_path(path).open_source(path, index, reading)
 
 
 def target_format(name: str) -> Format:

@@ -133,12 +133,15 @@ def test_disk_full_names_the_file_and_leaves_no_partial_file(example, tmp_path):
 def test_destination_parameter_missing_from_source_is_an_error(example, tmp_path):
     from mpitrans.strategy.codec import read_strategy, write_strategy
 
-    dst = read_strategy(str(example / "dst_strategy.ckpt"))
-    name, layout = dst.layouts[0]
-    dst.layouts.append(("model.extra_head.weight", layout))
-    write_strategy(dst, str(tmp_path / "dst_extra.ckpt"))
+    # In both strategies, so the source is not read as one pipeline stage of a larger model (where
+    # MindSpore writes `_part` files for the parameters it has), yet in no checkpoint.
     args = _args(example, tmp_path / "out")
-    args[args.index("--dst-strategy") + 1] = str(tmp_path / "dst_extra.ckpt")
+    for side in ("src", "dst"):
+        strategy = read_strategy(str(example / f"{side}_strategy.ckpt"))
+        _, layout = strategy.layouts[0]
+        strategy.layouts.append(("model.extra_head.weight", layout))
+        write_strategy(strategy, str(tmp_path / f"{side}_extra.ckpt"))
+        args[args.index(f"--{side}-strategy") + 1] = str(tmp_path / f"{side}_extra.ckpt")
     proc = mpirun(2, args, timeout=60)
     assert proc.returncode != 0
     assert "model.extra_head.weight" in proc.stderr and "no source checkpoint" in proc.stderr
@@ -165,7 +168,7 @@ def test_more_bad_inputs_fail_cleanly(example, tmp_path, problem):
     dst = tmp_path / "dst"
     if problem == "encrypted":
         _encrypt_like_mindspore(next((src / "rank_2").glob("*.ckpt")))
-        expect = ["rank_2", "encrypted"]
+        expect = ["rank_2", "looks encrypted", "--dec-key-file"]
     elif problem == "corrupted":
         victim = next((src / "rank_0").glob("*.ckpt"))
         data = bytearray(victim.read_bytes())

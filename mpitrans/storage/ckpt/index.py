@@ -410,16 +410,18 @@ def _verify_crc(h: _Header, end: int, stored: int) -> None:
 
 
 def index_checkpoint(path: str | os.PathLike[str], *, verify_crc: bool = False,
-                     skip_unsupported: bool = False) -> CheckpointIndex:
+                     skip_unsupported: bool = False, name: str | None = None) -> CheckpointIndex:
     """Map every tensor in a .ckpt to its byte ranges, reading headers only.
 
     ``verify_crc`` re-reads the whole file to check a CRC trailer when there is one (a file without a trailer
     passes, as with MindSpore). ``skip_unsupported`` lists string and MapTensor values in ``skipped`` instead
-    of failing, for callers that only need the tensors around them.
+    of failing, for callers that only need the tensors around them. ``name`` is the file to name in
+    messages and in the index when ``path`` is a stand-in for it (the decrypted copy of an encrypted file).
     """
-    path = os.fspath(path)
+    real = os.fspath(path)
+    path = name or real
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(real, os.O_RDONLY)
     except OSError as exc:
         raise CheckpointFormatError(f"{path}: cannot open checkpoint: {exc.strerror}") from exc
     try:
@@ -428,8 +430,8 @@ def index_checkpoint(path: str | os.PathLike[str], *, verify_crc: bool = False,
             raise CheckpointFormatError(f"{path}: file is empty, not a MindSpore checkpoint")
         h = _Header(fd, size, path)
         if h.bytes(0, min(4, size)) in CIPHER_MAGICS:
-            raise CheckpointFormatError(f"{path}: checkpoint is encrypted (saved with enc_key); decrypt it "
-                                        f"with MindSpore first")
+            raise CheckpointFormatError(f"{path}: the file looks encrypted (saved with MindSpore's enc_key); "
+                                        f"pass --dec-key-file and --dec-mode")
         end, stored = _trailer(h)
         if verify_crc and stored is not None:
             _verify_crc(h, end, stored)

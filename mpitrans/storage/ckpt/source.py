@@ -6,6 +6,7 @@ that reads the file later is handed the export instead of indexing the file agai
 
 from __future__ import annotations
 
+import logging
 import marshal
 import os
 from functools import lru_cache
@@ -15,8 +16,11 @@ from mpitrans.errors import CheckpointFormatError, MpitransError
 from mpitrans.metadata import TensorMeta
 from mpitrans.storage.base import Box
 from mpitrans.storage.ckpt.boxread import read_box_into
+from mpitrans.storage.ckpt.crypto import CkptReading
 from mpitrans.storage.ckpt.format import ITEM_SIZES, TO_NEUTRAL
 from mpitrans.storage.ckpt.index import CheckpointIndex, Record, TensorEntry, index_checkpoint
+
+log = logging.getLogger("mpitrans")
 
 
 def tensors_of(index: CheckpointIndex) -> list[TensorMeta]:
@@ -72,12 +76,21 @@ def _parsed_or_fail(path: str, data: bytes) -> _Parsed:
 class CkptSource:
     """Indexed on open (headers only) unless handed an exported index; the file is opened on the first
     read, so a process that only plans with the index need not see the file at all. A handed-over export
-    is decoded once per distinct content, and a tensor's entry is built on its first read."""
+    is decoded once per distinct content, and a tensor's entry is built on its first read.
 
-    def __init__(self, path: str, index: bytes | None = None) -> None:
+    `reading` says whether indexing also checks the file's CRC (the whole file is read once, so only the
+    indexing process does it) and how to open an encrypted file (its decrypted private copy is indexed and
+    read; messages still name the file itself)."""
+
+    def __init__(self, path: str, index: bytes | None = None, reading: CkptReading | None = None) -> None:
         self.path = path
+        self.reading = reading or CkptReading()
         if index is None:
-            index = export_index(index_checkpoint(path))
+            found = index_checkpoint(self.reading.plain_path(path), verify_crc=self.reading.crc_check, name=path)
+            if self.reading.crc_check and found.crc is None:
+                log.warning("%s: --crc-check: the file has no CRC (it was not saved with crc_check=True); "
+                            "read without checking", path)
+            index = export_index(found)
         self._blob = index
         self._parsed = _parsed_or_fail(path, index)
         self._entries: dict[str, TensorEntry] = {}
@@ -107,7 +120,7 @@ class CkptSource:
 
     def read_box(self, name: str, box: Box, out: memoryview) -> None:
         if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            self._fd = os.open(self.reading.plain_path(self.path), os.O_RDONLY)
             if os.fstat(self._fd).st_size != self._parsed.size:
                 raise CheckpointFormatError(f"{self.path}: the file changed size since it was indexed "
                                             f"({os.fstat(self._fd).st_size} bytes, indexed {self._parsed.size})")

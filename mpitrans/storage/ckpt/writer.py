@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from mpitrans.metadata import TensorMeta
 from mpitrans.storage import checksum
 from mpitrans.storage.base import AtomicFile, Published, PublishOnExit, TensorStream
 from mpitrans.storage.ckpt import format as fmt
+from mpitrans.storage.ckpt.crypto import CkptWriting, encrypt_file
 from mpitrans.storage.ckpt.format import CRC_MAGIC, WRITE_BUFFER, encode_record_header, itemsize_of
 
 
@@ -133,11 +135,23 @@ class CheckpointWriter(PublishOnExit):
 
 
 class CkptTarget:
-    """A `TargetWriter` for `.ckpt`: knows the target's tensor list, so the job streams plain bytes."""
+    """A `TargetWriter` for `.ckpt`: knows the target's tensor list, so the job streams plain bytes.
 
-    def __init__(self, path: str, tensors: Sequence[TensorMeta]) -> None:
+    With `writing.crc_check` the file ends with MindSpore's CRC trailer. With a key, the plaintext goes to
+    a private scratch file first and is encrypted, streaming, to the final name on commit; the scratch
+    file is removed either way, so neither a plaintext nor a half-encrypted target outlives a failure."""
+
+    def __init__(self, path: str, tensors: Sequence[TensorMeta], writing: CkptWriting | None = None) -> None:
         self.path = path
-        self._writer = CheckpointWriter(path, checksum=True)
+        self.writing = writing or CkptWriting()
+        self._plain: str | None = None
+        if self.writing.encrypted:
+            if self.writing.crc_check or self.writing.scratch is None:
+                raise MpitransError(f"{path}: an encrypted target needs scratch space and no CRC trailer "
+                                    f"(MindSpore cannot check the CRC of an encrypted file)")
+            self._plain = self.writing.scratch.new_path(path)
+        self._writer = CheckpointWriter(self._plain or path, crc_check=self.writing.crc_check,
+                                        checksum=self._plain is None)
         self._stream = TensorStream(path, tensors, self._begin, self._writer.write)
 
     def _begin(self, t: TensorMeta) -> None:
@@ -154,10 +168,23 @@ class CkptTarget:
             raise MpitransError(f"{self.path}: incomplete (parameter {missing!r} and later got no bytes); "
                                 f"not published")
         self._writer.close()
-        return Published(self.path, self._writer.size, self._writer.checksum or 0)
+        if self._plain is None:
+            return Published(self.path, self._writer.size, self._writer.checksum or 0)
+        try:
+            assert self.writing.key is not None
+            size, crc = encrypt_file(self._plain, self.path, self.writing.key, self.writing.mode)
+        finally:
+            self._drop_plain()
+        return Published(self.path, size, crc)
 
     def abort(self) -> None:
         self._writer.abort()
+        self._drop_plain()
+
+    def _drop_plain(self) -> None:
+        if self._plain is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._plain)
 
 
 def _byte_view(data: bytes | bytearray | memoryview | np.ndarray) -> memoryview:
