@@ -48,7 +48,8 @@ class JobOptions:
     src_postfix: str | None = None  # which checkpoint of each rank_x/ (MindFormers' file_suffix)
     world_size: int | None = None  # MindFormers' target count: checked against the destination strategy
 
-    output_format: str = "ckpt"  # the targets' format: ckpt or safetensors (storage.formats)
+    output_format: str = "ckpt"  # the targets' format: ckpt, safetensors, or a store (storage.formats)
+    store_files: int | None = None  # part files of a store (job.stores); None: the format's default
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -57,6 +58,8 @@ class JobOptions:
             object.__setattr__(self, name, split_patterns(getattr(self, name)))
         if not isinstance(self.max_buffer, int) or self.max_buffer <= 0:
             raise MpitransError(f"max_buffer must be a positive number of bytes, got {self.max_buffer!r}")
+        if self.store_files is not None and (not isinstance(self.store_files, int) or self.store_files < 1):
+            raise MpitransError(f"store_files must be a positive number of files, got {self.store_files!r}")
 
     def selection(self) -> Selection:
         keep = ParamFilter(self.include, self.exclude, self.exclude_prefix, self.drop_optimizer_state)

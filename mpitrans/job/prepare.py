@@ -135,13 +135,13 @@ def start(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strat
     return Setup(t, src_checkpoint, prefix, src, dst, src_bytes, dst_bytes, inv, shape_only, select)
 
 
-def plan_job(setup: Setup, where: dict[int, int], strict: bool = True) -> Job:
+def plan_job(setup: Setup, where: dict[int, int], strict: bool = True, plan_all: bool = False) -> Job:
     """Collective: metadata of the needed files, checks, and the plans of this process's targets.
 
     Every process plans only the targets `where` gives it, so planning costs grow with what a process
-    writes, not with the job."""
+    writes, not with the job; `plan_all`: every target (a store's full target, dealt to parts later)."""
     t, src, dst, inv, prefix = setup.t, setup.src, setup.dst, setup.inventory, setup.prefix
-    mine = [tr for tr in setup.targets if where[tr] == t.rank]
+    mine = list(setup.targets) if plan_all else [tr for tr in setup.targets if where[tr] == t.rank]
     needed_here = agree(t, lambda: needed_by(setup.shape_only, mine))
     needed = {g for blob in t.allgather_bytes(json.dumps(sorted(needed_here)).encode()) for g in json.loads(blob)}
     probes = probe_ranks(source_scope(src, dst, prefix), inv.seers)

@@ -100,7 +100,8 @@ class UnifiedSource:
         else:
             try:
                 blobs = json.loads(index)
-                self._parts = {f: SafetensorsSource(os.path.join(folder, f), blob.encode()) for f, blob in blobs.items()}
+                self._parts = {f: SafetensorsSource(os.path.join(folder, f), blob.encode())
+                               for f, blob in blobs.items()}
             except (ValueError, TypeError, AttributeError) as exc:
                 raise CheckpointFormatError(f"{path}: damaged index received from a peer ({exc})") from None
         self._where: dict[str, SafetensorsSource] = {}

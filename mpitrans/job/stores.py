@@ -1,0 +1,120 @@
+"""Full-model stores: one full (unsharded) target written as several files, in parallel.
+
+A store is planned as the ordinary full target (every process plans it, which is cheap), then its
+tensors are dealt to part files (`storage.unified.deal`, MindSpore's rule), and each part becomes a
+target of its own, written by one process (part i by process i mod P). The rest of the job is the
+usual one: every part is streamed, assembled from whichever processes read its bytes, and published
+atomically. Last, the store's index is written: `param_name_map.json` for a unified safetensors store,
+the master `model.h5` (virtual datasets over the parts) for an HDF5 store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from mpitrans.errors import MpitransError
+from mpitrans.metadata import TensorMeta
+from mpitrans.plan.filters import ParamFilter
+from mpitrans.plan.planner import OutTensor, Region, TargetPlan
+from mpitrans.storage import hdf5, unified
+from mpitrans.storage.base import write_atomically
+from mpitrans.storage.formats import Format
+from mpitrans.strategy.model import StrategyFile
+
+
+@dataclass
+class Store:
+    """Every part of the store (known on every process), and what the index file needs."""
+
+    fmt: Format
+    parts: list[TargetPlan]
+    names: dict[int, str]  # part -> file name inside the output directory
+    groups: list[list[str]] = field(default_factory=list)  # parameters of each part file, dealt order
+    total_size: int = 0
+    order: list[str] = field(default_factory=list)  # the full target's tensor order
+
+    @property
+    def index_name(self) -> str:
+        return unified.MAP_NAME if self.fmt.name == "unified-safetensors" else hdf5.MASTER_NAME
+
+    def placement(self, nprocs: int) -> dict[int, int]:
+        return {p.rank: p.rank % nprocs for p in self.parts}
+
+    def index_bytes(self) -> bytes:
+        return unified.map_document(self.groups, self.total_size)
+
+    def write_index(self, dst: str, attrs: dict[str, str]) -> None:
+        """The store's index, published atomically after every part."""
+        path = os.path.join(dst, self.index_name)
+        if self.fmt.name == "unified-safetensors":
+            write_atomically(path, self.index_bytes())
+            return
+        parts = {self.names[p.rank]: [TensorMeta(x.name, x.dtype, x.shape) for x in p.tensors] for p in self.parts}
+        hdf5.write_master(path, parts, self.order, attrs)
+
+
+def check_full_target(fmt: Format, targets: list[int], dst_strategy: str | None) -> None:
+    """A store holds one full model: refuse a destination strategy."""
+    if dst_strategy is not None or targets != [0]:
+        raise MpitransError(f"--output-format {fmt.name} writes one full model; omit --dst-strategy "
+                            f"(got {dst_strategy})")
+
+
+def _sizes(tensors: list[OutTensor]) -> list[tuple[str, int]]:
+    return [(x.name, TensorMeta(x.name, x.dtype, x.shape).nbytes) for x in tensors]
+
+
+def _in_parts(full: TargetPlan, src: StrategyFile | None, fmt: Format) -> list[OutTensor]:
+    """The tensors the part files hold: for a unified store MindSpore's choice (the strategy's
+    parameters but `accu_grads.*`); for HDF5 every tensor of the full target."""
+    if fmt.name != "unified-safetensors" or src is None:
+        return list(full.tensors)
+    in_strategy = {name for name, _ in src.layouts}
+    return [x for x in full.tensors if x.name in in_strategy and not x.name.startswith(unified.UNIFIED_ONLY_PREFIX)]
+
+
+def _hyper(rank0: list[TensorMeta] | None, dealt: set[str], keep: ParamFilter) -> list[OutTensor]:
+    """MindSpore's `hyper_param.safetensors`: every other tensor of rank 0's file, copied as it is."""
+    if rank0 is None:
+        raise MpitransError("a unified store copies the tensors outside the strategy from rank_0, which no "
+                            "process of this job sees")
+    out = []
+    for m in rank0:
+        if m.name not in dealt and keep.keeps(m.name):
+            box = tuple((0, d) for d in m.shape)
+            out.append(OutTensor(m.name, m.dtype, m.shape, (Region(box, box, (0,)),)))
+    return out
+
+
+def split_store(fmt: Format, full: TargetPlan, src: StrategyFile | None, rank0: list[TensorMeta] | None,
+                files: int | None, nprocs: int, keep: ParamFilter) -> Store:
+    """Deal the full target's tensors to part files (same result on every process)."""
+    tensors = _in_parts(full, src, fmt)
+    if fmt.name == "unified-safetensors" and rank0 is not None:  # MindSpore meets them in rank 0's order
+        first = {m.name: i for i, m in enumerate(rank0)}
+        tensors.sort(key=lambda x: first.get(x.name, len(first)))
+    sizes = _sizes(tensors)
+    count = unified.file_count([s for _, s in sizes], files if files or fmt.name == "unified-safetensors"
+                               else nprocs)
+    groups = unified.deal(sizes, count)
+    part_of = {name: i for i, group in enumerate(groups) for name in group}
+    name_of = unified.part_name if fmt.name == "unified-safetensors" else hdf5.part_name
+    parts = [TargetPlan(i, name_of(i).rsplit(".", 1)[0], [x for x in full.tensors if part_of.get(x.name) == i])
+             for i in range(count)]
+    names = {i: name_of(i) for i in range(count)}
+    if fmt.name == "unified-safetensors":
+        hyper = _hyper(rank0, set(part_of), keep)
+        if hyper:
+            parts.append(TargetPlan(count, unified.HYPER_NAME.rsplit(".", 1)[0], hyper))
+            names[count] = unified.HYPER_NAME
+    return Store(fmt, parts, names, groups, sum(s for _, s in sizes), [x.name for x in full.tensors])
+
+
+def digests(src_bytes: bytes | None, fingerprints: dict[int, dict]) -> dict[str, str]:
+    """File attributes of an HDF5 master: what the store was made from."""
+    return {"mpitrans_src_strategy_sha256": hashlib.sha256(src_bytes).hexdigest() if src_bytes else "",
+            "mpitrans_sources_sha256": hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest(),
+            "mpitrans_sources": json.dumps(fingerprints, sort_keys=True)}
