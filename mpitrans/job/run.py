@@ -170,7 +170,7 @@ class _Run:
         """Deal the full target to part files; this process keeps the parts it writes."""
         t, job = self.t, self.job
         fmt = target_format(self.opts.output_format)
-        self.store = agree(t, lambda: split_store(fmt, job.plans[0], job.src, job.metas.get(0), self.opts.store_files,
+        self.store = agree(t, lambda: split_store(fmt, job.plans[0], job.src, job.metas, self.opts.store_files,
                                                   t.size, setup.select.param_filter))
         self.where = self.store.placement(t.size)
         job.plans = {p.rank: p for p in self.store.parts if self.where[p.rank] == t.rank}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mpitrans.errors import MpitransError
@@ -22,6 +23,7 @@ from mpitrans.plan.planner import OutTensor, Region, TargetPlan
 from mpitrans.storage import hdf5, unified
 from mpitrans.storage.base import write_atomically
 from mpitrans.storage.formats import Format
+from mpitrans.strategy.layout_map import layout_map
 from mpitrans.strategy.model import StrategyFile
 
 
@@ -72,7 +74,7 @@ def _in_parts(full: TargetPlan, src: StrategyFile | None, fmt: Format) -> list[O
     parameters but `accu_grads.*`); for HDF5 every tensor of the full target."""
     if fmt.name != "unified-safetensors" or src is None:
         return list(full.tensors)
-    in_strategy = {name for name, _ in src.layouts}
+    in_strategy = set(layout_map(src))  # MindSpore's names (pipeline stage prefixes resolved)
     return [x for x in full.tensors if x.name in in_strategy and not x.name.startswith(unified.UNIFIED_ONLY_PREFIX)]
 
 
@@ -89,12 +91,24 @@ def _hyper(rank0: list[TensorMeta] | None, dealt: set[str], keep: ParamFilter) -
     return out
 
 
-def split_store(fmt: Format, full: TargetPlan, src: StrategyFile | None, rank0: list[TensorMeta] | None,
+def _first_seen(metas: Mapping[int, Sequence[TensorMeta]]) -> dict[str, int]:
+    """Names in the order MindSpore meets them: source files by rank, each in its own order (files of one
+    pipeline stage list the same names, so any process holding one file per stage agrees)."""
+    first: dict[str, int] = {}
+    for g in sorted(metas):
+        for m in metas[g]:
+            first.setdefault(m.name, len(first))
+    return first
+
+
+def split_store(fmt: Format, full: TargetPlan, src: StrategyFile | None, metas: Mapping[int, Sequence[TensorMeta]],
                 files: int | None, nprocs: int, keep: ParamFilter) -> Store:
-    """Deal the full target's tensors to part files (same result on every process)."""
+    """Deal the full target's tensors to part files (same result on every process); `metas`: the
+    source files' tensors by rank (the order of equal sizes, and a unified store's hyper_param)."""
     tensors = _in_parts(full, src, fmt)
-    if fmt.name == "unified-safetensors" and rank0 is not None:  # MindSpore meets them in rank 0's order
-        first = {m.name: i for i, m in enumerate(rank0)}
+    rank0 = list(metas[0]) if 0 in metas else None
+    if fmt.name == "unified-safetensors":
+        first = _first_seen(metas)
         tensors.sort(key=lambda x: first.get(x.name, len(first)))
     sizes = _sizes(tensors)
     count = unified.file_count([s for _, s in sizes], files if files or fmt.name == "unified-safetensors"
