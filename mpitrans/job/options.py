@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 from mpitrans.errors import MpitransError
@@ -50,6 +51,9 @@ class JobOptions:
 
     output_format: str = "ckpt"  # the targets' format: ckpt, safetensors, or a store (storage.formats)
     store_files: int | None = None  # part files of a store (job.stores); None: the format's default
+    # unified-safetensors only (Python API): MindSpore's choice_func; False leaves a strategy parameter out
+    # of the part files (rank 0's shard then goes to hyper_param.safetensors, as MindSpore does)
+    choice_func: Callable[[str], bool] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)

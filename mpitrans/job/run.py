@@ -26,7 +26,7 @@ from mpitrans.job.lock import JobLock
 from mpitrans.job.options import ALL_OF_EACH_FILE, JobOptions
 from mpitrans.job.prepare import Job, Setup, plan_job, start
 from mpitrans.job.rounds import execute
-from mpitrans.job.stores import Store, check_full_target, digests, split_store
+from mpitrans.job.stores import Store, StoreRequest, check_full_target, digests, split_store
 from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import Transport, make_transport
 from mpitrans.plan.coverage import check_world_size
@@ -170,8 +170,8 @@ class _Run:
         """Deal the full target to part files; this process keeps the parts it writes."""
         t, job = self.t, self.job
         fmt = target_format(self.opts.output_format)
-        self.store = agree(t, lambda: split_store(fmt, job.plans[0], job.src, job.metas, self.opts.store_files,
-                                                  t.size, setup.select.param_filter))
+        ask = StoreRequest(self.opts.store_files, setup.select.param_filter, self.opts.choice_func)
+        self.store = agree(t, lambda: split_store(fmt, job.plans[0], job.src, job.metas, t.size, ask))
         self.where = self.store.placement(t.size)
         job.plans = {p.rank: p for p in self.store.parts if self.where[p.rank] == t.rank}
         job.stems = {p.rank: p.stem for p in self.store.parts}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mpitrans.errors import MpitransError
@@ -69,13 +69,23 @@ def _sizes(tensors: list[OutTensor]) -> list[tuple[str, int]]:
     return [(x.name, TensorMeta(x.name, x.dtype, x.shape).nbytes) for x in tensors]
 
 
-def _in_parts(full: TargetPlan, src: StrategyFile | None, fmt: Format) -> list[OutTensor]:
+def _in_parts(full: TargetPlan, src: StrategyFile | None, fmt: Format,
+              choice: Callable[[str], bool] | None) -> list[OutTensor]:
     """The tensors the part files hold: for a unified store MindSpore's choice (the strategy's
-    parameters but `accu_grads.*`); for HDF5 every tensor of the full target."""
-    if fmt.name != "unified-safetensors" or src is None:
+    parameters but `accu_grads.*`, and those `choice` accepts); for HDF5 every tensor of the full target."""
+    if fmt.name != "unified-safetensors":
         return list(full.tensors)
-    in_strategy = set(layout_map(src))  # MindSpore's names (pipeline stage prefixes resolved)
-    return [x for x in full.tensors if x.name in in_strategy and not x.name.startswith(unified.UNIFIED_ONLY_PREFIX)]
+    in_strategy = set(layout_map(src)) if src is not None else {x.name for x in full.tensors}
+    kept = [x for x in full.tensors if x.name in in_strategy and not x.name.startswith(unified.UNIFIED_ONLY_PREFIX)]
+    return kept if choice is None else [x for x in kept if _chosen(choice, x.name)]
+
+
+def _chosen(choice: Callable[[str], bool], name: str) -> bool:
+    answer = choice(name)
+    if not isinstance(answer, bool):
+        raise MpitransError(f"choice_func({name!r}) returned {answer!r}: mpitrans takes True or False (renaming "
+                            f"parameters is not supported)")
+    return answer
 
 
 def _hyper(rank0: list[TensorMeta] | None, dealt: set[str], keep: ParamFilter) -> list[OutTensor]:
@@ -101,11 +111,21 @@ def _first_seen(metas: Mapping[int, Sequence[TensorMeta]]) -> dict[str, int]:
     return first
 
 
+@dataclass(frozen=True)
+class StoreRequest:
+    """What the user asked of a store: part files, parameter filter, and MindSpore's choice_func."""
+
+    files: int | None
+    keep: ParamFilter
+    choice: Callable[[str], bool] | None = None
+
+
 def split_store(fmt: Format, full: TargetPlan, src: StrategyFile | None, metas: Mapping[int, Sequence[TensorMeta]],
-                files: int | None, nprocs: int, keep: ParamFilter) -> Store:
+                nprocs: int, ask: StoreRequest) -> Store:
     """Deal the full target's tensors to part files (same result on every process); `metas`: the
     source files' tensors by rank (the order of equal sizes, and a unified store's hyper_param)."""
-    tensors = _in_parts(full, src, fmt)
+    files, keep = ask.files, ask.keep
+    tensors = _in_parts(full, src, fmt, ask.choice)
     rank0 = list(metas[0]) if 0 in metas else None
     if fmt.name == "unified-safetensors":
         first = _first_seen(metas)

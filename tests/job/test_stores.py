@@ -253,3 +253,20 @@ def test_store_refuses_a_destination_strategy(built, tmp_path):
         mpitrans.transform(str(f.src_dir), str(tmp_path / "out"), str(f.src_strategy), str(f.dst_strategy),
                            output_format="hdf5")
     assert _nothing_written(tmp_path / "out")
+
+
+def test_unified_safetensors_drop_in_with_choice_func(built, tmp_path):
+    """`mpitrans.unified_safetensors` with a filtering choice_func writes MindSpore's files (the left-out
+    parameters' rank-0 shards land in hyper_param.safetensors, as MindSpore puts them)."""
+    from mindspore.parallel import unified_safetensors
+
+    f, st, _ = built[("u", "dp2mp2_to_dp1mp4")]
+
+    def choice(name: str) -> bool:
+        return not name.startswith("adam_v.")
+
+    unified_safetensors(str(st), str(f.src_strategy), str(tmp_path / "ms"), choice_func=choice, max_process_num=1)
+    mpitrans.unified_safetensors(str(st), str(f.src_strategy), str(tmp_path / "ours"), choice_func=choice)
+    assert_same_tree(tmp_path / "ms", tmp_path / "ours")
+    with pytest.raises(MpitransError, match="renaming"):
+        mpitrans.unified_safetensors(str(st), str(f.src_strategy), str(tmp_path / "bad"), choice_func=lambda n: n)
