@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from math import prod
 
+from mpitrans.errors import MpitransError
 from mpitrans.job.exchange import exchange_asks, round_sizes
 from mpitrans.job.options import JobOptions
 from mpitrans.job.prepare import plan_job, start
@@ -20,7 +21,7 @@ from mpitrans.job.run import Placement, place_targets
 from mpitrans.job.summary import human_size
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import itemsize
-from mpitrans.storage.formats import target_filename
+from mpitrans.storage.formats import target_filename, target_format
 
 
 @dataclass
@@ -50,6 +51,8 @@ class PlanReport:
 def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = None) -> PlanReport:
     """Collective: the job's plan and its traffic, the same on every process; writes nothing. Each
     process counts its own part (what it writes, reads, sends and receives); the parts are gathered."""
+    if target_format(opts.output_format).store:  # the same refusal on every rank, before any collective
+        raise MpitransError(f"--dry-run does not plan --output-format {opts.output_format} stores yet")
     setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.selection())
     job = plan_job(setup, place_targets(t, opts, setup, placement), opts.strict)
     chunk_bytes = chunk_size(opts.max_buffer, t.size)

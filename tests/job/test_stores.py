@@ -270,3 +270,26 @@ def test_unified_safetensors_drop_in_with_choice_func(built, tmp_path):
     assert_same_tree(tmp_path / "ms", tmp_path / "ours")
     with pytest.raises(MpitransError, match="renaming"):
         mpitrans.unified_safetensors(str(st), str(f.src_strategy), str(tmp_path / "bad"), choice_func=lambda n: n)
+
+
+def test_command_line(built, tmp_path):
+    """The flags as a user types them; refusals are one line, exit status 2 for a bad flag, 1 otherwise."""
+    from tests.support.mpirun import python_m
+
+    f, _, _ = built[("h", "bf16_dp2mp2_to_dp1mp4")]
+    src = ["--src-checkpoint", str(f.src_dir), "--src-strategy", str(f.src_strategy)]
+    ok = python_m([*src, "--dst-checkpoint", str(tmp_path / "h5"), "--output-format", "hdf5", "--store-files", "3",
+                   "--quiet"])
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in (tmp_path / "h5").glob("*.h5")) == ["model.h5", "part-0.h5", "part-1.h5", "part-2.h5"]
+    again = python_m([*src, "--dst-checkpoint", str(tmp_path / "h5"), "--output-format", "hdf5", "--quiet"])
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = python_m([*src, "--dst-checkpoint", str(tmp_path / "x"), "--output-format", "hdf5", "--store-files", "0"])
+    assert bad.returncode == 2 and "--store-files: '0' is not a positive number of files" in bad.stderr
+    for extra, why in ((["--dry-run"], "--dry-run does not plan"), (["--dst-strategy", str(f.dst_strategy)],
+                                                                     "omit --dst-strategy")):
+        refused = python_m([*src, "--dst-checkpoint", str(tmp_path / "y"), "--output-format", "hdf5", *extra])
+        assert refused.returncode == 1 and why in refused.stderr and "Traceback" not in refused.stderr
+        assert _nothing_written(tmp_path / "y")
+    checked = python_m(["verify", *src, "--dst-checkpoint", str(tmp_path / "h5"), "--output-format", "hdf5"])
+    assert checked.returncode == 1 and "verify does not check" in checked.stderr
