@@ -97,27 +97,33 @@ class Hdf5PartTarget:
         self.tmp = temp_path(path)
         self._file: h5py.File | None = h5py.File(self.tmp, "w")
         try:
-            self._dsets = {t.name: _create(self._file, t) for t in tensors}
+            for t in tensors:
+                _create(self._file, t)
         except BaseException:
             self.abort()
             raise
         self._tensor: TensorMeta | None = None
+        self._dset: object | None = None  # only the open tensor's dataset is held (each holds a chunk cache)
         self._done = 0  # elements of the open tensor already written
         self._carry = b""  # a partial element left by a piece (pieces normally end on elements)
         self._stream = TensorStream(path, tensors, self._begin, self._piece)
 
     def _begin(self, t: TensorMeta) -> None:
+        assert self._file is not None
+        self._dset = None
+        self._file.flush()  # the finished tensor's chunks leave memory
         self._tensor, self._done, self._carry = t, 0, b""
+        self._dset = self._file[t.name]
 
     def _piece(self, data: memoryview) -> None:
         t = self._tensor
-        assert t is not None
+        assert t is not None and self._dset is not None
         size = itemsize(t.dtype)
         raw = self._carry + bytes(data) if self._carry else data
         whole = len(raw) // size
         self._carry = bytes(raw[whole * size:])
         values = self._np.frombuffer(raw, dtype=TO_NUMPY[t.dtype], count=whole)
-        dset, pos = self._dsets[t.name], 0
+        dset, pos = self._dset, 0
         for box, n in flat_boxes(t.shape, self._done, self._done + whole):
             dset[_slices(box)] = values[pos:pos + n].reshape([b - a for a, b in box])
             pos += n
@@ -137,6 +143,7 @@ class Hdf5PartTarget:
                                 f"not published")
         assert self._file is not None
         try:
+            self._dset = None
             self._file.close()
             self._file = None
             size, crc = _sync(self.tmp)
@@ -148,6 +155,7 @@ class Hdf5PartTarget:
         return Published(self.path, size, crc)
 
     def abort(self) -> None:
+        self._dset = None
         if self._file is not None:
             with contextlib.suppress(Exception):
                 self._file.close()
