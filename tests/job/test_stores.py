@@ -293,3 +293,51 @@ def test_command_line(built, tmp_path):
         assert _nothing_written(tmp_path / "y")
     checked = python_m(["verify", *src, "--dst-checkpoint", str(tmp_path / "h5"), "--output-format", "hdf5"])
     assert checked.returncode == 1 and "verify does not check" in checked.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("fmt", ["hdf5", "unified-safetensors"])
+def test_stores_without_a_shared_disk(example, tmp_path, fmt):
+    """Two simulated hosts, each holding half of every replica's shards (so bytes must cross): each host
+    gets the parts its processes wrote and the index; gathered in one folder, the store reads back as
+    MindSpore's dist -> dist output."""
+    import os
+
+    from tests.job.test_multihost import _hosts
+    from tests.support.mpirun import HOST_WRAPPER, mpirun
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mount namespaces need root and util-linux unshare")
+    _hosts(example, tmp_path, {"hostA": [0, 1, 4, 5], "hostB": [2, 3, 6, 7]})
+    mnt = tmp_path / "mnt" / "data"
+    args = ["--src-checkpoint", str(mnt / "src"), "--src-strategy", str(mnt / "src_strategy.ckpt"),
+            "--dst-checkpoint", str(mnt / "dst"), "--json-summary", str(tmp_path / "summary.json"),
+            "--output-format", fmt, "--store-files", "4", "--max-buffer", "64K"]
+    env = {"MPITRANS_TEST_MOUNT": str(tmp_path / "mnt"),
+           "MPITRANS_TEST_HOSTS": ",".join(str(tmp_path / h) for h in ("hostA", "hostB"))}
+    proc = mpirun(2, args, wrapper=["-x", "MPITRANS_TEST_MOUNT", "-x", "MPITRANS_TEST_HOSTS", str(HOST_WRAPPER)],
+                  env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert sum(r["bytes_received"] for r in summary["ranks"]) > 0
+    index = "model.h5" if fmt == "hdf5" else "param_name_map.json"
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    for i, host in enumerate(("hostA", "hostB")):
+        dst = tmp_path / host / "data" / "dst"
+        assert (dst / index).is_file()
+        for part in dst.iterdir():
+            if part.name not in (index, "mpitrans_manifest.json", ".mpitrans.lock"):
+                assert not (gathered / part.name).exists()
+                shutil.copy(part, gathered / part.name)
+        written = {p.name for p in dst.iterdir()} - {index, "mpitrans_manifest.json", ".mpitrans.lock"}
+        parts = {("part-{}.h5" if fmt == "hdf5" else "part{}.safetensors").format(j) for j in (i, i + 2)}
+        hyper = {"hyper_param.safetensors"} if fmt != "hdf5" and host == "hostA" else set()  # part 4: process 0
+        assert written == parts | hyper
+    shutil.copy(tmp_path / "hostA" / "data" / "dst" / index, gathered / index)
+    mpitrans.transform(str(gathered / index), str(tmp_path / "back"), None, str(example / "dst_strategy.ckpt"))
+    (tmp_path / "back" / "mpitrans_manifest.json").unlink()
+    if fmt == "hdf5":
+        assert_same_tree(example / "expected", tmp_path / "back")
+    else:  # a unified store lists tensors in safetensors order: the same tensors, in that order
+        _same_records(example / "expected", tmp_path / "back")
