@@ -154,6 +154,8 @@ class _Run:
         self.identity = manifest.job_identity(self.job.src_bytes, self.job.dst_bytes, o.prefix)
         if o.selection() != ALL_OF_EACH_FILE:  # filters and --src-postfix change the targets: resume only alike
             self.identity["selection"] = repr(o.selection())
+        if self.store is not None:  # --resume keeps a part only if it holds the same tensors
+            self.identity["store"] = self.store.layout_digest()
         lock = JobLock(o.dst_checkpoint, t.bcast_bytes(uuid.uuid4().hex.encode() if t.rank == 0 else None).decode())
         agree(t, lambda: lock.acquire() if self.writes_here else None)
         if lock.stale:

@@ -45,6 +45,11 @@ class Store:
     def placement(self, nprocs: int) -> dict[int, int]:
         return {p.rank: p.rank % nprocs for p in self.parts}
 
+    def layout_digest(self) -> str:
+        """Which tensors each file holds: what a resumed run must agree on to keep a part."""
+        doc = [[self.names[p.rank], [[x.name, x.dtype, list(x.shape)] for x in p.tensors]] for p in self.parts]
+        return f"{self.fmt.name}:" + hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
     def index_bytes(self) -> bytes:
         return unified.map_document(self.groups, self.total_size)
 

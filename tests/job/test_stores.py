@@ -341,3 +341,17 @@ def test_stores_without_a_shared_disk(example, tmp_path, fmt):
         assert_same_tree(example / "expected", tmp_path / "back")
     else:  # a unified store lists tensors in safetensors order: the same tensors, in that order
         _same_records(example / "expected", tmp_path / "back")
+
+
+def test_resume_keeps_a_part_only_for_the_same_layout(built, tmp_path, caplog):
+    f, _, _ = built[("h", "bf16_dp2mp2_to_dp1mp4")]
+    h5 = tmp_path / "h5"
+    for files in (2, 2, 3):
+        caplog.clear()
+        mpitrans.transform(str(f.src_dir), str(h5), str(f.src_strategy), output_format="hdf5", store_files=files,
+                           resume=True)
+        redone = [r for r in caplog.records if "redoing" in r.getMessage()]
+        assert len(redone) == (2 if files == 3 else 0)
+    mpitrans.transform(str(h5 / "model.h5"), str(tmp_path / "back"), None, str(f.dst_strategy))
+    (tmp_path / "back" / "mpitrans_manifest.json").unlink()
+    assert_same_tree(f.expected_dir, tmp_path / "back")
