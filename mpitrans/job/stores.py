@@ -40,9 +40,11 @@ class Store:
 
     @property
     def index_name(self) -> str:
+        """The file that makes the folder a store (written last)."""
         return unified.MAP_NAME if self.fmt.name == "unified-safetensors" else hdf5.MASTER_NAME
 
     def placement(self, nprocs: int) -> dict[int, int]:
+        """Part i on process i mod P: the parts' bytes spread over every process."""
         return {p.rank: p.rank % nprocs for p in self.parts}
 
     def layout_digest(self) -> str:
@@ -51,6 +53,7 @@ class Store:
         return f"{self.fmt.name}:" + hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
     def index_bytes(self) -> bytes:
+        """`param_name_map.json` of a unified store."""
         return unified.map_document(self.groups, self.total_size)
 
     def write_index(self, dst: str, attrs: dict[str, str]) -> None:

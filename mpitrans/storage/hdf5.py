@@ -43,6 +43,7 @@ _FROM_NUMPY = {v: k for k, v in TO_NUMPY.items() if k != "bfloat16"}
 
 
 def part_name(index: int) -> str:
+    """The name of the part file written as store part `index` (beside the master)."""
     return f"part-{index}.h5"
 
 

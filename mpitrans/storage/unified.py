@@ -39,6 +39,7 @@ UNIFIED_ONLY_PREFIX = "accu_grads"  # strategy parameters MindSpore leaves out o
 
 
 def part_name(index: int) -> str:
+    """MindSpore's name of part file `index`."""
     return f"part{index}.safetensors"
 
 
