@@ -173,7 +173,11 @@ class _Run:
         t, job = self.t, self.job
         fmt = target_format(self.opts.output_format)
         ask = StoreRequest(self.opts.store_files, setup.select.param_filter, self.opts.choice_func)
-        self.store = agree(t, lambda: split_store(fmt, job.plans[0], job.src, job.metas, t.size, ask))
+        # Rank 0 deals (it holds every file's metadata); the others follow its decision.
+        blob = agree(t, lambda: split_store(fmt, job.plans[0], job.src, job.metas, t.size, ask).to_bytes()
+                     if t.rank == 0 else b"")
+        dealt = t.bcast_bytes(blob if t.rank == 0 else None)
+        self.store = agree(t, lambda: Store.from_bytes(dealt, fmt, job.plans[0]))
         self.where = self.store.placement(t.size)
         job.plans = {p.rank: p for p in self.store.parts if self.where[p.rank] == t.rank}
         job.stems = {p.rank: p.stem for p in self.store.parts}

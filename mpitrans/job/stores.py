@@ -56,6 +56,24 @@ class Store:
         """`param_name_map.json` of a unified store."""
         return unified.map_document(self.groups, self.total_size)
 
+    def to_bytes(self) -> bytes:
+        """The dealing, for the other processes (`from_bytes`): one process decides, so every process
+        writes and names the same parts whatever metadata it happens to hold."""
+        parts = [[p.rank, p.stem, [[x.name, x.dtype, list(x.shape)] if self.names[p.rank] == unified.HYPER_NAME
+                                   else [x.name] for x in p.tensors]] for p in self.parts]
+        doc = {"parts": parts, "names": {str(k): v for k, v in self.names.items()}, "groups": self.groups,
+               "total": self.total_size, "order": self.order}
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, fmt: Format, full: TargetPlan) -> Store:
+        """The store `to_bytes` described, its part tensors taken from this process's full plan."""
+        doc = json.loads(blob)
+        planned = {x.name: x for x in full.tensors}
+        parts = [TargetPlan(rank, stem, [planned[e[0]] if len(e) == 1 else _copy_of_rank0(e[0], e[1], tuple(e[2]))
+                                         for e in entries]) for rank, stem, entries in doc["parts"]]
+        return cls(fmt, parts, {int(k): v for k, v in doc["names"].items()}, doc["groups"], doc["total"], doc["order"])
+
     def write_index(self, dst: str, attrs: dict[str, str]) -> None:
         """The store's index, published atomically after every part."""
         path = os.path.join(dst, self.index_name)
@@ -101,12 +119,13 @@ def _hyper(rank0: list[TensorMeta] | None, dealt: set[str], keep: ParamFilter) -
     if rank0 is None:
         raise MpitransError("a unified store copies the tensors outside the strategy from rank_0, which no "
                             "process of this job sees")
-    out = []
-    for m in rank0:
-        if m.name not in dealt and keep.keeps(m.name):
-            box = tuple((0, d) for d in m.shape)
-            out.append(OutTensor(m.name, m.dtype, m.shape, (Region(box, box, (0,)),)))
-    return out
+    return [_copy_of_rank0(m.name, m.dtype, m.shape) for m in rank0 if m.name not in dealt and keep.keeps(m.name)]
+
+
+def _copy_of_rank0(name: str, dtype: str, shape: tuple[int, ...]) -> OutTensor:
+    """A tensor copied whole, as it is, from source rank 0's file."""
+    box = tuple((0, d) for d in shape)
+    return OutTensor(name, dtype, shape, (Region(box, box, (0,)),))
 
 
 def _first_seen(metas: Mapping[int, Sequence[TensorMeta]]) -> dict[str, int]:
