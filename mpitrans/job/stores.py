@@ -1,8 +1,8 @@
 """Full-model stores: one full (unsharded) target written as several files, in parallel.
 
-A store is planned as the ordinary full target (every process plans it, which is cheap), then its
-tensors are dealt to part files (`storage.unified.deal`, MindSpore's rule), and each part becomes a
-target of its own, written by one process (part i by process i mod P). The rest of the job is the
+A store is planned as the ordinary full target (every process plans it, which is cheap), then rank 0
+deals its tensors to part files (`storage.unified.deal`, MindSpore's rule) and broadcasts the decision;
+each part becomes a target of its own, written by one process (part i by process i mod P). The rest of the job is the
 usual one: every part is streamed, assembled from whichever processes read its bytes, and published
 atomically. Last, the store's index is written: `param_name_map.json` for a unified safetensors store,
 the master `model.h5` (virtual datasets over the parts) for an HDF5 store.
@@ -129,8 +129,8 @@ def _copy_of_rank0(name: str, dtype: str, shape: tuple[int, ...]) -> OutTensor:
 
 
 def _first_seen(metas: Mapping[int, Sequence[TensorMeta]]) -> dict[str, int]:
-    """Names in the order MindSpore meets them: source files by rank, each in its own order (files of one
-    pipeline stage list the same names, so any process holding one file per stage agrees)."""
+    """Names in the order MindSpore meets them: source files by rank, each in its own order (a stable
+    sort by size keeps this order among equal sizes, as MindSpore's does)."""
     first: dict[str, int] = {}
     for g in sorted(metas):
         for m in metas[g]:
@@ -149,8 +149,9 @@ class StoreRequest:
 
 def split_store(fmt: Format, full: TargetPlan, src: StrategyFile | None, metas: Mapping[int, Sequence[TensorMeta]],
                 nprocs: int, ask: StoreRequest) -> Store:
-    """Deal the full target's tensors to part files (same result on every process); `metas`: the
-    source files' tensors by rank (the order of equal sizes, and a unified store's hyper_param)."""
+    """Deal the full target's tensors to part files (run by rank 0, which holds every file's metadata;
+    `Store.to_bytes` hands the decision to the others); `metas`: the source files' tensors by rank (the
+    order among equal sizes, and a unified store's hyper_param)."""
     files, keep = ask.files, ask.keep
     tensors = _in_parts(full, src, fmt, ask.choice)
     rank0 = list(metas[0]) if 0 in metas else None
