@@ -127,7 +127,8 @@ class Option:
         return self.help.replace("{default}", text).replace("{sizes}", SIZE_FORMS).replace("%", "%%")
 
 
-_SRC = "source model_dir holding rank_x/*.ckpt (the last .ckpt in name order is used per rank), or one full .ckpt file"
+_SRC = ("source model_dir holding rank_x/*.ckpt (the last .ckpt in name order is used per rank), or one full .ckpt "
+        "file; also a full model as a store (a folder with param_name_map.json, or an .h5)")
 _STRATEGY = ("strategy file (protobuf or .json), or a directory of per-stage files (ckpt_strategy_rank_x.ckpt) "
              "merged in memory")
 
