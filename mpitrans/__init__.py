@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 API_FUNCTIONS = (
     "ckpt_to_safetensors", "convert_checkpoint_by_rank", "convert_checkpoints", "merge_pipeline_strategys",
     "rank_list_for_convert", "rank_list_for_transform", "safetensors_to_ckpt", "transform_checkpoint_by_rank",
-    "transform_checkpoints",
+    "transform_checkpoints", "unified_safetensors",
 )
 __all__ = ["__version__", "transform", *API_FUNCTIONS]
 

@@ -49,6 +49,37 @@ def transform_checkpoints(
                      strict=False, output_format=output_format)
 
 
+def unified_safetensors(
+    src_dir: str,
+    src_strategy_file: str,
+    dst_dir: str,
+    merge_with_redundancy: bool = True,
+    file_suffix: str | None = None,
+    max_process_num: int = 64,
+    choice_func: object = None,
+    **unsupported: object,
+) -> Summary:
+    """MindSpore's `unified_safetensors` in this process: the distributed checkpoint in `src_dir` as one
+    full model in `dst_dir` (partN.safetensors, hyper_param.safetensors, param_name_map.json), the same
+    files MindSpore writes. Under mpirun, `mpitrans.transform(..., output_format="unified-safetensors")`
+    writes the part files in parallel.
+
+    `choice_func` may return True/False (renaming is not supported); `max_process_num` is ignored
+    (parallelism comes from mpirun); `merge_with_redundancy` changes nothing here (every parameter is
+    read from whichever source holds it); MindSpore's `split_dst_file` (splitting the work by hand) is
+    refused when given: run one job under mpirun instead."""
+    del max_process_num, merge_with_redundancy
+    if any(k != "split_dst_file" for k in unsupported):
+        raise TypeError(f"unified_safetensors() got unexpected arguments {sorted(unsupported)}")
+    if unsupported.get("split_dst_file"):
+        raise UnsupportedError("unified_safetensors: split_dst_file is not supported; run one job under mpirun")
+    if os.path.isfile(src_dir):
+        raise MpitransError(f"unified_safetensors: src_dir {src_dir} is a file; give the directory of rank_x folders")
+    return transform(src_dir, dst_dir, src_strategy_file, None, comm=LocalTransport(), overwrite=True,
+                     write_manifest=False, strict=False, output_format="unified-safetensors",
+                     src_postfix=file_suffix, choice_func=choice_func)
+
+
 def rank_list_for_transform(
     rank_id: int, src_strategy_file: str | None = None, dst_strategy_file: str | None = None
 ) -> list[int]:

@@ -127,7 +127,8 @@ class Option:
         return self.help.replace("{default}", text).replace("{sizes}", SIZE_FORMS).replace("%", "%%")
 
 
-_SRC = "source model_dir holding rank_x/*.ckpt (the last .ckpt in name order is used per rank), or one full .ckpt file"
+_SRC = ("source model_dir holding rank_x/*.ckpt (the last .ckpt in name order is used per rank), or one full .ckpt "
+        "file; also a full model as a store (a folder with param_name_map.json, or an .h5)")
 _STRATEGY = ("strategy file (protobuf or .json), or a directory of per-stage files (ckpt_strategy_rank_x.ckpt) "
              "merged in memory")
 
@@ -148,8 +149,13 @@ OPTIONS: tuple[Option, ...] = (
            "DIR/rank_0/{prefix}0.ckpt (MindFormers' merge walk-throughs: transformed.ckpt); only when the "
            "destination is one rank", kind="text", metavar="NAME", commands=_JOB),
     Option("output_format", ("output-format",), "format of the targets: ckpt or safetensors (default {default}); "
-           "DIR/rank_x/{prefix}x.ckpt or .safetensors", kind="choice", choices=("ckpt", "safetensors"),
-           metavar="FORMAT", commands=_JOB),
+           "DIR/rank_x/{prefix}x.ckpt or .safetensors; or a full-model store in DIR (no --dst-strategy): "
+           "unified-safetensors (MindSpore's unified_safetensors: partN.safetensors + param_name_map.json) or "
+           "hdf5 (model.h5 over part-N.h5, readable with h5py)", kind="choice",
+           choices=("ckpt", "safetensors", "unified-safetensors", "hdf5"), metavar="FORMAT", commands=_JOB),
+    Option("store_files", ("store-files",), "part files of a unified-safetensors or hdf5 store, each written by "
+           "one process (default: MindSpore's one per 3 GiB for unified-safetensors, one per process for hdf5)",
+           kind="text", metavar="N", commands=_JOB),
     Option("max_buffer", ("max-buffer",), "bytes of chunk buffers each process may hold: {sizes} (default "
            "{default}, which already keeps the disks busy in our benchmark; more only raises memory)",
            kind="size", commands=_JOB, metavar="SIZE"),
@@ -323,9 +329,10 @@ def build_parser(command: str, prog: str, description: str, epilog: str | None =
 def _from_args(o: Option, value: object) -> object:
     if o.kind == "path" and not o.required and isinstance(value, str) and value.strip() in ("None", "none"):
         return None  # MindFormers scripts pass `--src_ckpt_strategy None` for "no strategy"
-    if o.dest == "world_size" and value is not None:
+    if o.dest in ("world_size", "store_files") and value is not None:
         if not str(value).isdigit() or int(str(value)) < 1:
-            raise UsageError(f"--world-size: {value!r} is not a positive number of devices")
+            what = "devices" if o.dest == "world_size" else "files"
+            raise UsageError(f"{o.flags[0]}: {value!r} is not a positive number of {what}")
         return int(str(value))
     if o.kind != "size":
         return value

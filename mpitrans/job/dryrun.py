@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from math import prod
 
+from mpitrans.errors import MpitransError
 from mpitrans.job.agree import agree
 from mpitrans.job.exchange import exchange_asks, round_sizes
 from mpitrans.job.options import JobOptions
@@ -23,6 +24,7 @@ from mpitrans.job.run import Placement, place_targets
 from mpitrans.job.summary import human_size
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import itemsize
+from mpitrans.storage.formats import target_format
 
 
 @dataclass
@@ -52,6 +54,8 @@ class PlanReport:
 def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = None) -> PlanReport:
     """Collective: the job's plan and its traffic, the same on every process; writes nothing. Each
     process counts its own part (what it writes, reads, sends and receives); the parts are gathered."""
+    if target_format(opts.output_format).store:  # the same refusal on every rank, before any collective
+        raise MpitransError(f"--dry-run does not plan --output-format {opts.output_format} stores yet")
     setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.selection())
     where = place_targets(t, opts, setup, placement)
     reading, _ = agree(t, lambda: opts.ckpt_files(tempfile.gettempdir()))

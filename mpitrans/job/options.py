@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
 
 from mpitrans.errors import MpitransError
@@ -58,7 +58,7 @@ class JobOptions:
     lora_scaling: float | str | None = None
     dst_file: str | None = None  # the one target of a full merge written as DIR/NAME (not rank_0/...)
 
-    output_format: str = "ckpt"  # the targets' format: ckpt or safetensors (storage.formats)
+    output_format: str = "ckpt"  # the targets' format: ckpt, safetensors, or a store (storage.formats)
     # MindSpore's crc_check and enc_key/dec_key for .ckpt files (storage/ckpt/crypto.py). Keys are named
     # (a file, or env:NAME), never held here, so no option dump can show one.
     crc_check: bool = False  # check sources' CRC trailers while indexing; write one on plain targets
@@ -67,6 +67,10 @@ class JobOptions:
     enc_key_file: str | None = None
     enc_mode: str = "AES-GCM"
     tmp_dir: str | None = None  # private plaintext copies go here (default: under dst_checkpoint)
+    store_files: int | None = None  # part files of a store (job.stores); None: the format's default
+    # unified-safetensors only (Python API): MindSpore's choice_func; False leaves a strategy parameter out
+    # of the part files (rank 0's shard then goes to hyper_param.safetensors, as MindSpore does)
+    choice_func: Callable[[str], bool] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -85,6 +89,8 @@ class JobOptions:
                                 f"--output-format {self.output_format}")
         if not isinstance(self.max_buffer, int) or self.max_buffer <= 0:
             raise MpitransError(f"max_buffer must be a positive number of bytes, got {self.max_buffer!r}")
+        if self.store_files is not None and (not isinstance(self.store_files, int) or self.store_files < 1):
+            raise MpitransError(f"store_files must be a positive number of files, got {self.store_files!r}")
 
     def ckpt_files(self, scratch_base: str | None = None) -> tuple[CkptReading, CkptWriting]:
         """How this process reads and writes `.ckpt` files, keys loaded (on every process: the key file,

@@ -151,13 +151,15 @@ def warn_misfits(t: Transport, found: list[Misfit]) -> None:
         log.warning("%s", describe(every))
 
 
-def plan_job(setup: Setup, where: dict[int, int], strict: bool = True, reading: CkptReading | None = None) -> Job:
+def plan_job(setup: Setup, where: dict[int, int], strict: bool = True, reading: CkptReading | None = None,
+             plan_all: bool = False) -> Job:
     """Collective: metadata of the needed files, checks, and the plans of this process's targets.
 
     Every process plans only the targets `where` gives it, so planning costs grow with what a process
-    writes, not with the job. `reading`: CRC checks and keys for the `.ckpt` files indexed here."""
+    writes, not with the job. `reading`: CRC checks and keys for the `.ckpt` files indexed here;
+    `plan_all`: every target (a store's full target, dealt to parts later)."""
     t, src, dst, inv, prefix = setup.t, setup.src, setup.dst, setup.inventory, setup.prefix
-    mine = [tr for tr in setup.targets if where[tr] == t.rank]
+    mine = list(setup.targets) if plan_all else [tr for tr in setup.targets if where[tr] == t.rank]
     needed_here = agree(t, lambda: needed_by(setup.shape_only, mine))
     needed = {g for blob in t.allgather_bytes(json.dumps(sorted(needed_here)).encode()) for g in json.loads(blob)}
     probes = probe_ranks(source_scope(src, dst, prefix), inv.seers)

@@ -26,12 +26,14 @@ from mpitrans.job.lock import JobLock
 from mpitrans.job.options import ALL_OF_EACH_FILE, JobOptions, check_single_target
 from mpitrans.job.prepare import Job, Setup, plan_job, start
 from mpitrans.job.rounds import execute
+from mpitrans.job.stores import Store, StoreRequest, check_full_target, digests, split_store
 from mpitrans.job.summary import RankStats, Summary
 from mpitrans.job.transport import Transport, make_transport
 from mpitrans.plan.coverage import check_world_size
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.storage.base import remove_stale_temps
 from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting, remove_stale_scratch
+from mpitrans.storage.formats import target_format
 
 log = logging.getLogger("mpitrans")
 
@@ -127,6 +129,7 @@ class _Run:
     identity: dict = field(init=False)
     fingerprints: dict[int, dict] = field(init=False)
     used: dict[int, list[int]] = field(init=False)  # target -> the source ranks it may be built from
+    store: Store | None = None  # a full-model store: its parts are the targets
     start: float = field(default_factory=time.perf_counter)
     reading: CkptReading = field(init=False)
     writing: CkptWriting = field(init=False)
@@ -148,7 +151,12 @@ class _Run:
         setup = start(t, o.src_checkpoint, o.src_strategy, o.dst_strategy, o.prefix, o.selection())
         self.stats.lap("strategies", self.start)
         self.where = place_targets(t, o, setup, placement)
-        self.job = plan_job(setup, self.where, o.strict, self.reading)
+        fmt = target_format(o.output_format)
+        if fmt.store:
+            agree(t, lambda: check_full_target(fmt, setup.targets, o.dst_strategy))
+        self.job = plan_job(setup, self.where, o.strict, self.reading, plan_all=fmt.store)
+        if fmt.store:
+            self._split_store(setup)
         self.stats.phases.update({k: round(v, 4) for k, v in self.job.timings.items()})
         clock = time.perf_counter()
         agree(t, lambda: check_destination(o.dst_checkpoint, o.src_checkpoint, self.job.visible))
@@ -162,6 +170,8 @@ class _Run:
         if self.writing.encrypted or self.writing.crc_check:  # other bytes: resume only a run that wrote alike
             self.identity["ckpt_output"] = f"{self.writing.mode if self.writing.encrypted else 'plain'}, crc " \
                                            f"{self.writing.crc_check}"
+        if self.store is not None:  # --resume keeps a part only if it holds the same tensors
+            self.identity["store"] = self.store.layout_digest()
         lock = JobLock(o.dst_checkpoint, t.bcast_bytes(uuid.uuid4().hex.encode() if t.rank == 0 else None).decode())
         agree(t, lambda: lock.acquire() if self.writes_here else None)
         if lock.stale:
@@ -174,6 +184,20 @@ class _Run:
         summary.wall_seconds = time.perf_counter() - self.start
         return summary
 
+    def _split_store(self, setup: Setup) -> None:
+        """Deal the full target to part files; this process keeps the parts it writes."""
+        t, job = self.t, self.job
+        fmt = target_format(self.opts.output_format)
+        ask = StoreRequest(self.opts.store_files, setup.select.param_filter, self.opts.choice_func)
+        # Rank 0 deals (it holds every file's metadata); the others follow its decision.
+        blob = agree(t, lambda: split_store(fmt, job.plans[0], job.src, job.metas, t.size, ask).to_bytes()
+                     if t.rank == 0 else b"")
+        dealt = t.bcast_bytes(blob if t.rank == 0 else None)
+        self.store = agree(t, lambda: Store.from_bytes(dealt, fmt, job.plans[0]))
+        self.where = self.store.placement(t.size)
+        job.plans = {p.rank: p for p in self.store.parts if self.where[p.rank] == t.rank}
+        job.stems = {p.rank: p.stem for p in self.store.parts}
+
     @property
     def writes_here(self) -> bool:
         return any(r == self.t.rank for r in self.where.values()) or self.t.rank == 0
@@ -182,6 +206,8 @@ class _Run:
         return os.path.join(self.opts.dst_checkpoint, self.relpath(plan.rank))
 
     def relpath(self, target: int) -> str:
+        if self.store is not None:
+            return self.store.names[target]
         return self.opts.relpath(target, self.job.stems[target])
 
     def _fingerprints(self, wanted: set[int]) -> dict[int, dict]:
@@ -209,12 +235,22 @@ class _Run:
         written = execute(t, moves, self.path_of, self.opts.max_buffer, self.stats, self._record_progress,
                           self.opts.show_progress)
         clock = time.perf_counter()
+        if self.store is not None:
+            self._write_store_index()
         mine = {tr: self._entry(tr, size, crc) for tr, (_, size, crc) in written.items()}
         mine.update({int(k): v for k, v in kept_here.items()})
         self._write_manifest(mine)
         self.stats.lap("finish", clock)
         self.stats.seconds = time.perf_counter() - self.start
         return self._summary()
+
+    def _write_store_index(self) -> None:
+        """Collective: once every part is published, each process that writes here writes the index (the
+        same document: without a shared disk, every host's directory gets one)."""
+        assert self.store is not None
+        agree(self.t, lambda: None)  # every part is published before any index names it
+        attrs = digests(self.job.src_bytes, self.fingerprints)
+        agree(self.t, lambda: self.store.write_index(self.opts.dst_checkpoint, attrs) if self.writes_here else None)
 
     def _keep_finished(self) -> dict[int, dict]:
         """With --resume: this rank's targets that an earlier run of the same job completed."""
@@ -244,6 +280,11 @@ class _Run:
             if os.path.lexists(path) and not (self.opts.overwrite or self.opts.resume):
                 raise MpitransError(f"{path} already exists; pass --overwrite to replace it (or --resume)")
             remove_stale_temps(path)
+        if self.store is not None and self.writes_here:
+            index = os.path.join(self.opts.dst_checkpoint, self.store.index_name)
+            if os.path.lexists(index) and not (self.opts.overwrite or self.opts.resume):
+                raise MpitransError(f"{index} already exists; pass --overwrite to replace it (or --resume)")
+            remove_stale_temps(index)
         if self.writes_here:
             manifest.remove_stale_temps(self.opts.dst_checkpoint)
         remove_stale_scratch(self.opts.dst_checkpoint)  # plaintext copies of killed processes on this host

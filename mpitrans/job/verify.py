@@ -33,7 +33,7 @@ from mpitrans.metadata import itemsize
 from mpitrans.plan.planner import TargetPlan
 from mpitrans.plan.schedule import Chunk, Segment, contiguous_boxes
 from mpitrans.storage.base import SourceReader
-from mpitrans.storage.formats import open_source
+from mpitrans.storage.formats import open_source, target_format
 
 
 @dataclass
@@ -157,6 +157,9 @@ def verify(src_checkpoint: str, dst_checkpoint: str, src_strategy: str | None = 
 
 def verify_job(opts: JobOptions, t: Transport) -> list[TargetResult]:
     """`verify` for a ready options object and transport (what the command line calls)."""
+    if target_format(opts.output_format).store:  # the same refusal on every rank, before any collective
+        raise MpitransError(f"verify does not check --output-format {opts.output_format} stores yet; read the "
+                            f"store back as a source (--src-checkpoint) and compare that transform's output")
     setup = start(t, opts.src_checkpoint, opts.src_strategy, opts.dst_strategy, opts.prefix, opts.selection())
     ordered = opts.output_format == "ckpt"  # other formats lay tensors out in their own order
 

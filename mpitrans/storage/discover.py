@@ -5,8 +5,9 @@ When a rank directory holds several checkpoints MindSpore's rules pick one: the 
 `.ckpt` (not always the latest step: epoch 9 sorts after epoch 10, which a warning then says); the
 `.safetensors` with the highest (epoch, step); or, with `--src-postfix` (MindSpore's `file_suffix`), the
 one it names. A directory holding only `{stem}_part{N}` files (a per-stage conversion's output) is one
-source: the rank directory itself, read as the union of its parts (`storage.parts`). A single `.ckpt`
-or `.safetensors` file stands for an unsplit model: source rank 0.
+source: the rank directory itself, read as the union of its parts (`storage.parts`). A single `.ckpt`,
+`.safetensors` or `.h5` file, or a unified store (a folder holding `param_name_map.json`), stands for an
+unsplit model: source rank 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from mpitrans.errors import MpitransError
-from mpitrans.storage.formats import SOURCE_SUFFIXES
+from mpitrans.storage.formats import SOURCE_SUFFIXES, UNIFIED_MAP_NAME
 from mpitrans.storage.parts import part_set
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
@@ -32,6 +33,8 @@ def discover_sources(path: str, postfix: str | None = None,
     meant is a guess, and resharding half a model from stale files would be silent corruption."""
     if os.path.isfile(path):
         return {0: os.path.abspath(path)}
+    if os.path.isfile(os.path.join(path, UNIFIED_MAP_NAME)):  # a unified store: one full model
+        return {0: os.path.abspath(os.path.join(path, UNIFIED_MAP_NAME))}
     if not os.path.isdir(path):
         return {}
     found: dict[int, str] = {}

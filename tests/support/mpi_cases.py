@@ -26,7 +26,8 @@ def main() -> int:
         try:
             transform(job["src"], job["dst"], job.get("src_strategy"), job.get("dst_strategy"),
                       prefix=job.get("prefix", "checkpoint_"), comm=comm, max_buffer=job.get("max_buffer", 1 << 20),
-                      strict=False, output_format=job.get("output_format", "ckpt"))
+                      strict=False, output_format=job.get("output_format", "ckpt"),
+                      store_files=job.get("store_files"))
         except BaseException:  # noqa: BLE001 - report which case, then end every rank at once
             print(f"mpi_cases: case {i} ({job.get('label', '')}) failed on rank {comm.rank}:", file=sys.stderr)
             traceback.print_exc()
