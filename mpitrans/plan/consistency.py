@@ -276,13 +276,15 @@ def _check_presence(lmap, files, holders, paths, scope: Scope, stage_of, layout_
     """A strategy parameter some file of its stages holds must be in every indexed file of those stages,
     or (a de-duplicated source) in a file of a replica holding the same slice."""
     missing: dict[int, list[str]] = {}
+    foreign = {g for g, by_name in files.items() if any(len(holders[n]) == 1 for n in by_name)
+               and not any(n in lmap for n in by_name)}  # a file of another model, not a replica's subset
     for name, layout in lmap.items():
         have = holders.get(name)
         if not have:
             continue
         for g in files:
-            if name not in files[g] and (scope.by_stage or stage_of(g) in layout.stages) \
-                    and not _held_by_replica(name, g, files, have, scope, stage_of, layout_for):
+            if name not in files[g] and (scope.by_stage or stage_of(g) in layout.stages) and (
+                    g in foreign or not _held_by_replica(name, g, files, have, scope, stage_of, layout_for)):
                 missing.setdefault(g, []).append(name)
     if not missing:
         return
