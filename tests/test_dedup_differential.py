@@ -205,3 +205,20 @@ def test_truly_missing_parameter_is_one_clear_error(cases, tmp_path):
     message = str(err.value)
     assert "'head.weight'" in message and f"rank_{twin}" in message and "searched" in message
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("api", ["transform", "transform_checkpoints"])
+def test_missing_replica_directory_is_named(cases, tmp_path, api):
+    """The replica that kept a slice is absent: the job names its rank_x (MindSpore's lenient API too)."""
+    entry = cases["dp2mp4_to_dp1mp2"]
+    src, dst = _strategies(entry["files"])
+    holder = next(g for g, (_, keep) in sorted(assignment(entry["files"]).items()) if g >= 4 and keep)
+    shutil.copytree(entry["ckpt"], tmp_path / "src")
+    shutil.rmtree(tmp_path / "src" / f"rank_{holder}")
+    with pytest.raises(MpitransError) as err:
+        if api == "transform":
+            mpitrans.transform(str(tmp_path / "src"), str(tmp_path / "out"), src, dst)
+        else:
+            mpitrans.transform_checkpoints(str(tmp_path / "src"), str(tmp_path / "out"), "checkpoint_", src, dst)
+    assert f"rank_{holder}" in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.ckpt"))

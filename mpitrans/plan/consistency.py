@@ -254,7 +254,7 @@ def _consistent_by_class(lmap, files, scope: Scope, stage_of, layout_for, copies
 
 def _held_by_replica(name: str, g: int, files, have: list[int], scope: Scope, stage_of, layout_for) -> bool:
     """Whether a file of `g`'s stage holds the slice of `name` that `g` would (a de-duplicated source,
-    saved with `remove_redundancy`: one replica of each slice keeps it)."""
+    saved with `remove_redundancy`: one replica of each slice keeps it), or may: a replica not indexed."""
     layout = layout_for(g, name)
     if layout is None or not _even(layout):
         return False
@@ -269,7 +269,12 @@ def _held_by_replica(name: str, g: int, files, have: list[int], scope: Scope, st
         groups = replica_groups(layout, tuple(shape))
     except LayoutError:
         return False
-    return any(groups[h % n % len(groups)] == groups[g % n % len(groups)] for h in twins)
+    mine = groups[g % n % len(groups)]
+    if any(groups[h % n % len(groups)] == mine for h in twins):
+        return True
+    # A replica whose file nobody indexed (absent on every host) may hold it: the coverage check names it.
+    base = g - g % n
+    return any(group == mine and base + r not in files for r, group in enumerate(groups))
 
 
 def _check_presence(lmap, files, holders, paths, scope: Scope, stage_of, layout_for) -> None:

@@ -355,11 +355,12 @@ class Planner:
                 # Nobody indexed a file holding this shard: name the files that should, so the job can
                 # report every missing `rank_x` before moving any byte; if they were all indexed, none
                 # of them (replicas of a de-duplicated source included) holds it.
-                cands = sorted({s * sd + m for m in members for s in tpl.stages})
-                if all(g in catalog.metas for g in cands):
+                expected = sorted({s * sd + m for m in members for s in tpl.stages})
+                cands = [g for g in expected if g not in catalog.metas]
+                if not cands:
                     raise MissingShardError(
                         f"parameter {name!r}: no source checkpoint holds the slice of it this target needs "
-                        f"(searched {rank_span(cands)}, the ranks holding that slice: their files lack it)")
+                        f"(searched {rank_span(expected)}, the ranks holding that slice: their files lack it)")
             regions.append(Region(dst_box, src_box, tuple(cands)))
         return tuple(regions), supplier
 
