@@ -377,7 +377,6 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float, qu
     log(f"case {sc.key} @ {size_label(case.gib)}: {case.meta['source_bytes'] / GIB:.3f} GiB in "
         f"{case.meta['source_files']} source file(s), {case.targets} target(s), P={case.procs}; "
         f"page cache warmed in {result['warm_s']} s")
-    checks = result["checks"]
     for rep in range(repeats):
         result["diagnostics"]["busy_before_repeat"].append(wait_quiet(quiet_wait) if quiet_wait > 0 else None)
         if "mpitrans" in contenders:
@@ -386,62 +385,82 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float, qu
             _, wall_s, _, _ = timed(case.command("startup", rep), case.log, timeout)
             result["diagnostics"]["mpi_startup_s"].append(round(wall_s, 3))
         for c in contenders:
-            out = case.out(c)
-            shutil.rmtree(out, ignore_errors=True)
-            shutil.rmtree(case.rec(c, rep), ignore_errors=True)
-            os.makedirs(case.rec(c, rep))
-            os.sync()
-            cmd_s, wall_s, code, busy = timed(case.command(c, rep), case.log, timeout)
-            if code != 0 and c in TOLERATED:
-                _record_failure(result["contenders"][c], c, code, case)
-                shutil.rmtree(out, ignore_errors=True)
-                continue
-            if code != 0:
-                raise BenchError(f"{c} failed (exit {code}) in case {sc.key}; see {case.log}:\n"
-                                 + _tail(case.log))
-            recs = read_records(case.rec(c, rep))
-            entry = result["contenders"][c]
-            entry["wall_s"].append(round(wall_s, 3))
-            entry["cmd_s"].append(round(cmd_s, 3))
-            entry["peak_rss_kib"].append(max((r["maxrss_kib"] for r in recs), default=0))
-            own_cpu = sum(r["user_s"] + r["sys_s"] for r in recs)
-            # CPU time the machine spent outside the contender's own processes meanwhile: other users' work,
-            # kernel writeback, mpirun. Large values mean the run was disturbed.
-            entry["other_cpu_s"].append(round(max(0.0, busy - own_cpu), 2))
-            entry["processes"] = recs  # the last repeat's per-process records
-            entry["rchar"] = sum(r["rchar"] or 0 for r in recs)
-            entry["wchar"] = sum(r["wchar"] or 0 for r in recs)
-            summary_path = os.path.join(case.rec(c, rep), "summary.json")
-            if c in ("mpitrans", "mpitrans_st") and os.path.exists(summary_path):
-                with open(summary_path, encoding="utf-8") as f:
-                    summ = json.load(f)
-                entry["summary"] = {k: summ[k] for k in ("wall_seconds", "bytes_written", "gb_per_s")}
-                entry["summary"]["ranks"] = [{k: r[k] for k in ("rank", "targets", "bytes_read", "bytes_sent",
-                                                                 "bytes_received", "bytes_written", "seconds")}
-                                             for r in summ["ranks"]]
-                for k in ("bytes_read", "bytes_sent", "bytes_received", "bytes_written"):
-                    entry[k] = sum(r[k] for r in summ["ranks"])
-            if c == "floor":
-                entry["bytes_read"] = result["replica_bytes"]
-                entry["bytes_written"] = sum(case.output_sizes().values())
-            if c == "mindspore" and not os.path.isdir(case.ref):
-                os.rename(out, case.ref)
-            elif c in ("mpitrans", "mpitrans_st", "by_rank") and os.path.isdir(case.ref):
-                cmp = compare_outputs(*_with_out(case.reference(c), out))
-                prev = checks.get(c)
-                if prev is None or prev["identical"]:
-                    checks[c] = cmp | {"repeats_checked": (prev or {}).get("repeats_checked", 0) + 1}
-                if c in ("mpitrans", "mpitrans_st") and not cmp["identical"]:
-                    raise BenchError(f"MISMATCH: mpitrans output differs from mindspore.transform_checkpoints' "
-                                     f"in case {sc.key} @ {size_label(case.gib)}: {cmp}")
-            rss = entry["peak_rss_kib"][-1] / 1024
-            log(f"  rep {rep + 1}/{repeats} {c:<9} {wall_s:7.2f} s (cmd {cmd_s:6.2f} s)  peak RSS {rss:7.0f} MiB"
-                f"  other CPU {entry['other_cpu_s'][-1]:5.1f} s")
-            # Drop outputs as soon as they are checked; without a MindSpore reference, the floor sizes its
-            # files on mpitrans' output, which then stays until the end of the repeat.
-            if c != "mpitrans" or os.path.isdir(case.ref):
-                shutil.rmtree(out, ignore_errors=True)
+            _run_one(case, c, (rep, repeats), result, timeout)
         shutil.rmtree(case.out("mpitrans"), ignore_errors=True)
+    _summarize(result, contenders)
+    return result
+
+
+def _run_one(case: Case, c: str, rep_of: tuple[int, int], result: dict, timeout: float) -> None:
+    """One timed run of contender `c`, recorded into `result` and checked against MindSpore's output."""
+    rep, repeats = rep_of
+    out = case.out(c)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(case.rec(c, rep), ignore_errors=True)
+    os.makedirs(case.rec(c, rep))
+    os.sync()
+    cmd_s, wall_s, code, busy = timed(case.command(c, rep), case.log, timeout)
+    entry = result["contenders"][c]
+    if code != 0 and c in TOLERATED:
+        _record_failure(entry, c, code, case)
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    if code != 0:
+        raise BenchError(f"{c} failed (exit {code}) in case {case.sc.key}; see {case.log}:\n" + _tail(case.log))
+    recs = read_records(case.rec(c, rep))
+    entry["wall_s"].append(round(wall_s, 3))
+    entry["cmd_s"].append(round(cmd_s, 3))
+    entry["peak_rss_kib"].append(max((r["maxrss_kib"] for r in recs), default=0))
+    own_cpu = sum(r["user_s"] + r["sys_s"] for r in recs)
+    # CPU time the machine spent outside the contender's own processes meanwhile: other users' work,
+    # kernel writeback, mpirun. Large values mean the run was disturbed.
+    entry["other_cpu_s"].append(round(max(0.0, busy - own_cpu), 2))
+    entry["processes"] = recs  # the last repeat's per-process records
+    entry["rchar"] = sum(r["rchar"] or 0 for r in recs)
+    entry["wchar"] = sum(r["wchar"] or 0 for r in recs)
+    summary_path = os.path.join(case.rec(c, rep), "summary.json")
+    if c in ("mpitrans", "mpitrans_st") and os.path.exists(summary_path):
+        _mpitrans_summary(entry, summary_path)
+    if c == "floor":
+        entry["bytes_read"] = result["replica_bytes"]
+        entry["bytes_written"] = sum(case.output_sizes().values())
+    if c == "mindspore" and not os.path.isdir(case.ref):
+        os.rename(out, case.ref)
+    elif c in ("mpitrans", "mpitrans_st", "by_rank") and os.path.isdir(case.ref):
+        _check(case, c, out, result["checks"])
+    rss = entry["peak_rss_kib"][-1] / 1024
+    log(f"  rep {rep + 1}/{repeats} {c:<9} {wall_s:7.2f} s (cmd {cmd_s:6.2f} s)  peak RSS {rss:7.0f} MiB"
+        f"  other CPU {entry['other_cpu_s'][-1]:5.1f} s")
+    # Drop outputs as soon as they are checked; without a MindSpore reference, the floor sizes its
+    # files on mpitrans' output, which then stays until the end of the repeat.
+    if c != "mpitrans" or os.path.isdir(case.ref):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _mpitrans_summary(entry: dict, summary_path: str) -> None:
+    with open(summary_path, encoding="utf-8") as f:
+        summ = json.load(f)
+    entry["summary"] = {k: summ[k] for k in ("wall_seconds", "bytes_written", "gb_per_s")}
+    entry["summary"]["ranks"] = [{k: r[k] for k in ("rank", "targets", "bytes_read", "bytes_sent",
+                                                     "bytes_received", "bytes_written", "seconds")}
+                                 for r in summ["ranks"]]
+    for k in ("bytes_read", "bytes_sent", "bytes_received", "bytes_written"):
+        entry[k] = sum(r[k] for r in summ["ranks"])
+
+
+def _check(case: Case, c: str, out: str, checks: dict) -> None:
+    """`c`'s output against MindSpore's; an mpitrans mismatch ends the case."""
+    cmp = compare_outputs(*_with_out(case.reference(c), out))
+    prev = checks.get(c)
+    if prev is None or prev["identical"]:
+        checks[c] = cmp | {"repeats_checked": (prev or {}).get("repeats_checked", 0) + 1}
+    if c in ("mpitrans", "mpitrans_st") and not cmp["identical"]:
+        raise BenchError(f"MISMATCH: {c} output differs from mindspore.transform_checkpoints' "
+                         f"in case {case.sc.key} @ {size_label(case.gib)}: {cmp}")
+
+
+def _summarize(result: dict, contenders: list[str]) -> None:
+    """Medians, mpitrans' ratios to the other contenders, and the note when nothing was checked."""
     for e in result["contenders"].values():
         if not e["wall_s"]:
             continue  # a tolerated failure
@@ -461,9 +480,9 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float, qu
                 ratios[f"mpitrans/{other} (cmd only)"] = round(mt["cmd_median"] / o["cmd_median"], 3)
         result["ratios"] = ratios
     result.setdefault("ratios", {}).update(_safetensors_ratios(result["contenders"]))
+    checks = result["checks"]
     if "mpitrans" in contenders and "mpitrans" not in checks:
         checks["mpitrans"] = {"identical": None, "note": "no mindspore reference in this run"}
-    return result
 
 
 def _with_out(ref: tuple[str, str], out: str) -> tuple[str, str, str]:
