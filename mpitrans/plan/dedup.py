@@ -88,13 +88,15 @@ def stage_ranks(needed: Iterable[int], metas: Mapping[int, Sequence[TensorMeta]]
     A file saved without optimizer states lacks those too; its stage's other files are then indexed for
     nothing but their headers."""
     stages = set()
+    judged: set[tuple[int, int]] = set()  # (list, stage) pairs already looked at: replicas share lists
     for g in needed:
-        ms = metas.get(g)
-        if ms is None:
+        ms, stage = metas.get(g), g // stage_devices
+        if ms is None or stage in stages or (id(ms), stage) in judged:
             continue
+        judged.add((id(ms), stage))
         held = {t.name for t in ms}
-        if any(n not in held for n in stage_layouts.get(g // stage_devices, {})):
-            stages.add(g // stage_devices)
+        if any(n not in held for n in stage_layouts.get(stage, {})):
+            stages.add(stage)
     return sorted(g for g in visible if g // stage_devices in stages and g not in metas)
 
 
