@@ -76,6 +76,10 @@ def markdown_table(doc: dict) -> str:
             continue
         mt = c["contenders"].get("mpitrans")
         for name, e in c["contenders"].items():
+            if "wall_median" not in e:
+                lines.append(f"| {c['scenario']} | {_gib(c['source_bytes'])} | {c['procs']} | {name} | FAILED: "
+                             f"{e.get('error', '?')[:160]} | | | | | | | |")
+                continue
             ratio = "" if not mt or name == "mpitrans" else f"{mt['wall_median'] / e['wall_median']:.3f}"
             read = e.get("bytes_read", e.get("rchar"))
             written = e.get("bytes_written", e.get("wchar"))
@@ -91,6 +95,12 @@ def markdown_table(doc: dict) -> str:
             checks.append(f"{c['scenario']}@{_gib(c['source_bytes'])}G {who}: {_verdict(chk)} "
                           f"({chk.get('files', 0)} files)")
     lines += ["", "Byte checks against mindspore.transform_checkpoints: " + ("; ".join(checks) or "none")]
+    st = [f"{c['scenario']}@{_gib(c['source_bytes'])}G: "
+          + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in c["ratios"].items() if k.startswith("mpitrans_st/"))
+          for c in doc["cases"] if "error" not in c and any(k.startswith("mpitrans_st/") for k in c.get("ratios", {}))]
+    if st:
+        lines += ["", "Safetensors row (mpitrans_st: the same bytes as safetensors sources and targets), its wall "
+                  "time over each other row's: " + "; ".join(st)]
     starts = [f"{c['scenario']}@{_gib(c['source_bytes'])}G P={c['procs']}: "
               f"{c['diagnostics']['mpi_startup_median']:.2f} s"
               for c in doc["cases"] if "error" not in c and "mpi_startup_median" in c.get("diagnostics", {})]

@@ -12,6 +12,12 @@ Contenders:
              source files picked with `rank_list_for_transform` (bench/ms_by_rank.py)
   mpitrans   `python -m mpitrans` under `mpirun -n P`
   floor      `cat` of one data-parallel replica of the source to /dev/null, `dd` of the output bytes, `sync`
+  Opt-in (`--contenders ...,mpitrans_st,mindspore_st`), the same bytes as safetensors sources (converted once
+  from the cached `.ckpt` shards by `mpitrans.ckpt_to_safetensors`, byte-identical to MindSpore's converter):
+  mpitrans_st   `python -m mpitrans --output-format safetensors` from them, checked against MindSpore's
+                `.ckpt` output converted the same way
+  mindspore_st  `mindspore.transform_checkpoints(..., output_format="safetensors")` from them; a failure is
+                recorded (MindSpore's safetensors path goes through numpy, which lacks bfloat16 here)
 P is the number of target ranks, at most --max-procs (8). Every timed command is followed by a timed
 `sync` (mpitrans and the floor make their output durable; MindSpore does not), so `wall_s` is the time
 until the output is on disk; `cmd_s` is the command alone.
@@ -40,6 +46,9 @@ BENCH = os.path.join(REPO, "bench")
 PY = sys.executable
 MPIRUN = os.path.join(os.path.dirname(PY), "mpirun")
 CONTENDERS = ("mindspore", "by_rank", "mpitrans", "floor")
+SAFETENSORS_CONTENDERS = ("mpitrans_st", "mindspore_st")
+ALL_CONTENDERS = CONTENDERS + SAFETENSORS_CONTENDERS
+TOLERATED = {"mindspore_st"}  # contenders whose failure is a result, not a broken case
 GIB = 1 << 30
 DEFAULT_PLAN = "a=0.2,0.8,2.5;b=0.8;c=0.8;d=0.4"
 SMOKE_PLAN = "a=0.0035;c=0.0035"
@@ -160,6 +169,19 @@ def ensure_source(cache: str, side_name: str, gib: float, ms_version: str) -> tu
         return path, json.load(f)
 
 
+def ensure_safetensors(src: str, dest: str) -> str:
+    """`dest`: the `.ckpt` tree `src` as safetensors files (same tensors, same bytes), built once."""
+    if not os.path.isdir(dest):
+        from mpitrans import ckpt_to_safetensors
+
+        log(f"converting {src} to safetensors -> {dest}")
+        shutil.rmtree(dest + "_partial", ignore_errors=True)
+        os.makedirs(dest + "_partial")
+        ckpt_to_safetensors(src, dest + "_partial")
+        os.rename(dest + "_partial", dest)
+    return dest
+
+
 def files_under(root: str) -> dict[str, str]:
     out = {}
     for dirpath, _, files in os.walk(root):
@@ -180,13 +202,13 @@ def warm(paths: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def compare_outputs(ref: str, out: str) -> dict:
+def compare_outputs(ref: str, out: str, suffix: str = ".ckpt") -> dict:
     """Every checkpoint of `ref` present in `out` with identical bytes, and no other checkpoint there.
 
-    Files that are not `.ckpt` (mpitrans' `mpitrans_manifest.json`) are listed, not compared."""
-    want = {r: p for r, p in files_under(ref).items() if r.endswith(".ckpt")}
+    Files that are not checkpoints (mpitrans' `mpitrans_manifest.json`) are listed, not compared."""
+    want = {r: p for r, p in files_under(ref).items() if r.endswith(suffix)}
     every = files_under(out)
-    got = {r: p for r, p in every.items() if r.endswith(".ckpt")}
+    got = {r: p for r, p in every.items() if r.endswith(suffix)}
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     differ = sorted(r for r in set(want) & set(got) if not filecmp.cmp(want[r], got[r], shallow=False))
@@ -261,12 +283,24 @@ class Case:
         self.procs = min(self.targets, max_procs)
         self.ref = os.path.join(work, "ref")  # MindSpore's output, kept for the checks
         self.log = os.path.join(work, "commands.log")
+        self.st_src = os.path.join(src_root, "st_src")  # built on demand (`prepare_safetensors`)
         self.source_files = sorted(files_under(self.src).values())
         self.replica_files = [f for f in self.source_files
                               if _rank_of(f, self.src) in set(scenario.src.replica_ranks())]
 
     def out(self, contender: str) -> str:
         return os.path.join(self.work, f"out_{contender}")
+
+    def prepare_safetensors(self) -> list[str]:
+        """The safetensors copy of the sources (its files, to warm)."""
+        ensure_safetensors(self.src, self.st_src)
+        return sorted(files_under(self.st_src).values())
+
+    def reference(self, contender: str) -> tuple[str, str]:
+        """(MindSpore's output to compare `contender`'s with, the file suffix compared)."""
+        if contender != "mpitrans_st":
+            return self.ref, ".ckpt"
+        return ensure_safetensors(self.ref, self.ref + "_st"), ".safetensors"
 
     def rec(self, contender: str, rep: int) -> str:
         return os.path.join(self.work, f"rec_{contender}_{rep}")
@@ -281,9 +315,12 @@ class Case:
         if contender == "by_rank":
             return [*mpirun, *measure, PY, os.path.join(BENCH, "ms_by_rank.py"), self.src, out, *ms_args,
                     str(self.targets)]
-        if contender == "mpitrans":
-            args = ["--src-checkpoint", self.src, "--dst-checkpoint", out, "--json-summary",
-                    os.path.join(rec, "summary.json"), "--quiet"]
+        if contender == "mindspore_st":
+            return [*measure, PY, os.path.join(BENCH, "ms_transform.py"), self.st_src, out, *ms_args, "safetensors"]
+        if contender in ("mpitrans", "mpitrans_st"):
+            st = contender == "mpitrans_st"
+            args = ["--src-checkpoint", self.st_src if st else self.src, "--dst-checkpoint", out, "--json-summary",
+                    os.path.join(rec, "summary.json"), "--quiet", *(["--output-format", "safetensors"] if st else [])]
             if self.src_strategy:
                 args += ["--src-strategy", self.src_strategy]
             if self.dst_strategy:
@@ -335,11 +372,11 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float, qu
         "checks": {},
         "diagnostics": {"mpi_startup_s": [], "busy_before_repeat": []},
     }
-    result["warm_s"] = round(warm(case.source_files), 3)
+    st_files = case.prepare_safetensors() if set(contenders) & set(SAFETENSORS_CONTENDERS) else []
+    result["warm_s"] = round(warm(case.source_files + st_files), 3)
     log(f"case {sc.key} @ {size_label(case.gib)}: {case.meta['source_bytes'] / GIB:.3f} GiB in "
         f"{case.meta['source_files']} source file(s), {case.targets} target(s), P={case.procs}; "
         f"page cache warmed in {result['warm_s']} s")
-    checks = result["checks"]
     for rep in range(repeats):
         result["diagnostics"]["busy_before_repeat"].append(wait_quiet(quiet_wait) if quiet_wait > 0 else None)
         if "mpitrans" in contenders:
@@ -348,59 +385,85 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float, qu
             _, wall_s, _, _ = timed(case.command("startup", rep), case.log, timeout)
             result["diagnostics"]["mpi_startup_s"].append(round(wall_s, 3))
         for c in contenders:
-            out = case.out(c)
-            shutil.rmtree(out, ignore_errors=True)
-            shutil.rmtree(case.rec(c, rep), ignore_errors=True)
-            os.makedirs(case.rec(c, rep))
-            os.sync()
-            cmd_s, wall_s, code, busy = timed(case.command(c, rep), case.log, timeout)
-            if code != 0:
-                raise BenchError(f"{c} failed (exit {code}) in case {sc.key}; see {case.log}:\n"
-                                 + _tail(case.log))
-            recs = read_records(case.rec(c, rep))
-            entry = result["contenders"][c]
-            entry["wall_s"].append(round(wall_s, 3))
-            entry["cmd_s"].append(round(cmd_s, 3))
-            entry["peak_rss_kib"].append(max((r["maxrss_kib"] for r in recs), default=0))
-            own_cpu = sum(r["user_s"] + r["sys_s"] for r in recs)
-            # CPU time the machine spent outside the contender's own processes meanwhile: other users' work,
-            # kernel writeback, mpirun. Large values mean the run was disturbed.
-            entry["other_cpu_s"].append(round(max(0.0, busy - own_cpu), 2))
-            entry["processes"] = recs  # the last repeat's per-process records
-            entry["rchar"] = sum(r["rchar"] or 0 for r in recs)
-            entry["wchar"] = sum(r["wchar"] or 0 for r in recs)
-            summary_path = os.path.join(case.rec(c, rep), "summary.json")
-            if c == "mpitrans" and os.path.exists(summary_path):
-                with open(summary_path, encoding="utf-8") as f:
-                    summ = json.load(f)
-                entry["summary"] = {k: summ[k] for k in ("wall_seconds", "bytes_written", "gb_per_s")}
-                entry["summary"]["ranks"] = [{k: r[k] for k in ("rank", "targets", "bytes_read", "bytes_sent",
-                                                                 "bytes_received", "bytes_written", "seconds")}
-                                             for r in summ["ranks"]]
-                for k in ("bytes_read", "bytes_sent", "bytes_received", "bytes_written"):
-                    entry[k] = sum(r[k] for r in summ["ranks"])
-            if c == "floor":
-                entry["bytes_read"] = result["replica_bytes"]
-                entry["bytes_written"] = sum(case.output_sizes().values())
-            if c == "mindspore" and not os.path.isdir(case.ref):
-                os.rename(out, case.ref)
-            elif c in ("mpitrans", "by_rank") and os.path.isdir(case.ref):
-                cmp = compare_outputs(case.ref, out)
-                prev = checks.get(c)
-                if prev is None or prev["identical"]:
-                    checks[c] = cmp | {"repeats_checked": (prev or {}).get("repeats_checked", 0) + 1}
-                if c == "mpitrans" and not cmp["identical"]:
-                    raise BenchError(f"MISMATCH: mpitrans output differs from mindspore.transform_checkpoints' "
-                                     f"in case {sc.key} @ {size_label(case.gib)}: {cmp}")
-            rss = entry["peak_rss_kib"][-1] / 1024
-            log(f"  rep {rep + 1}/{repeats} {c:<9} {wall_s:7.2f} s (cmd {cmd_s:6.2f} s)  peak RSS {rss:7.0f} MiB"
-                f"  other CPU {entry['other_cpu_s'][-1]:5.1f} s")
-            # Drop outputs as soon as they are checked; without a MindSpore reference, the floor sizes its
-            # files on mpitrans' output, which then stays until the end of the repeat.
-            if c != "mpitrans" or os.path.isdir(case.ref):
-                shutil.rmtree(out, ignore_errors=True)
+            _run_one(case, c, (rep, repeats), result, timeout)
         shutil.rmtree(case.out("mpitrans"), ignore_errors=True)
+    _summarize(result, contenders)
+    return result
+
+
+def _run_one(case: Case, c: str, rep_of: tuple[int, int], result: dict, timeout: float) -> None:
+    """One timed run of contender `c`, recorded into `result` and checked against MindSpore's output."""
+    rep, repeats = rep_of
+    out = case.out(c)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(case.rec(c, rep), ignore_errors=True)
+    os.makedirs(case.rec(c, rep))
+    os.sync()
+    cmd_s, wall_s, code, busy = timed(case.command(c, rep), case.log, timeout)
+    entry = result["contenders"][c]
+    if code != 0 and c in TOLERATED:
+        _record_failure(entry, c, code, case)
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    if code != 0:
+        raise BenchError(f"{c} failed (exit {code}) in case {case.sc.key}; see {case.log}:\n" + _tail(case.log))
+    recs = read_records(case.rec(c, rep))
+    entry["wall_s"].append(round(wall_s, 3))
+    entry["cmd_s"].append(round(cmd_s, 3))
+    entry["peak_rss_kib"].append(max((r["maxrss_kib"] for r in recs), default=0))
+    own_cpu = sum(r["user_s"] + r["sys_s"] for r in recs)
+    # CPU time the machine spent outside the contender's own processes meanwhile: other users' work,
+    # kernel writeback, mpirun. Large values mean the run was disturbed.
+    entry["other_cpu_s"].append(round(max(0.0, busy - own_cpu), 2))
+    entry["processes"] = recs  # the last repeat's per-process records
+    entry["rchar"] = sum(r["rchar"] or 0 for r in recs)
+    entry["wchar"] = sum(r["wchar"] or 0 for r in recs)
+    summary_path = os.path.join(case.rec(c, rep), "summary.json")
+    if c in ("mpitrans", "mpitrans_st") and os.path.exists(summary_path):
+        _mpitrans_summary(entry, summary_path)
+    if c == "floor":
+        entry["bytes_read"] = result["replica_bytes"]
+        entry["bytes_written"] = sum(case.output_sizes().values())
+    if c == "mindspore" and not os.path.isdir(case.ref):
+        os.rename(out, case.ref)
+    elif c in ("mpitrans", "mpitrans_st", "by_rank") and os.path.isdir(case.ref):
+        _check(case, c, out, result["checks"])
+    rss = entry["peak_rss_kib"][-1] / 1024
+    log(f"  rep {rep + 1}/{repeats} {c:<9} {wall_s:7.2f} s (cmd {cmd_s:6.2f} s)  peak RSS {rss:7.0f} MiB"
+        f"  other CPU {entry['other_cpu_s'][-1]:5.1f} s")
+    # Drop outputs as soon as they are checked; without a MindSpore reference, the floor sizes its
+    # files on mpitrans' output, which then stays until the end of the repeat.
+    if c != "mpitrans" or os.path.isdir(case.ref):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _mpitrans_summary(entry: dict, summary_path: str) -> None:
+    with open(summary_path, encoding="utf-8") as f:
+        summ = json.load(f)
+    entry["summary"] = {k: summ[k] for k in ("wall_seconds", "bytes_written", "gb_per_s")}
+    entry["summary"]["ranks"] = [{k: r[k] for k in ("rank", "targets", "bytes_read", "bytes_sent",
+                                                     "bytes_received", "bytes_written", "seconds")}
+                                 for r in summ["ranks"]]
+    for k in ("bytes_read", "bytes_sent", "bytes_received", "bytes_written"):
+        entry[k] = sum(r[k] for r in summ["ranks"])
+
+
+def _check(case: Case, c: str, out: str, checks: dict) -> None:
+    """`c`'s output against MindSpore's; an mpitrans mismatch ends the case."""
+    cmp = compare_outputs(*_with_out(case.reference(c), out))
+    prev = checks.get(c)
+    if prev is None or prev["identical"]:
+        checks[c] = cmp | {"repeats_checked": (prev or {}).get("repeats_checked", 0) + 1}
+    if c in ("mpitrans", "mpitrans_st") and not cmp["identical"]:
+        raise BenchError(f"MISMATCH: {c} output differs from mindspore.transform_checkpoints' "
+                         f"in case {case.sc.key} @ {size_label(case.gib)}: {cmp}")
+
+
+def _summarize(result: dict, contenders: list[str]) -> None:
+    """Medians, mpitrans' ratios to the other contenders, and the note when nothing was checked."""
     for e in result["contenders"].values():
+        if not e["wall_s"]:
+            continue  # a tolerated failure
         e["wall_median"] = round(statistics.median(e["wall_s"]), 3)
         e["cmd_median"] = round(statistics.median(e["cmd_s"]), 3)
         e["peak_rss_mib"] = round(max(e["peak_rss_kib"]) / 1024, 1)
@@ -416,9 +479,34 @@ def run_case(case: Case, contenders: list[str], repeats: int, timeout: float, qu
                 ratios[f"mpitrans/{other}"] = round(mt["wall_median"] / o["wall_median"], 3)
                 ratios[f"mpitrans/{other} (cmd only)"] = round(mt["cmd_median"] / o["cmd_median"], 3)
         result["ratios"] = ratios
+    result.setdefault("ratios", {}).update(_safetensors_ratios(result["contenders"]))
+    checks = result["checks"]
     if "mpitrans" in contenders and "mpitrans" not in checks:
         checks["mpitrans"] = {"identical": None, "note": "no mindspore reference in this run"}
-    return result
+
+
+def _with_out(ref: tuple[str, str], out: str) -> tuple[str, str, str]:
+    return ref[0], out, ref[1]
+
+
+def _record_failure(entry: dict, contender: str, code: int, case: Case) -> None:
+    """A tolerated contender failed: keep its exit status and the last line of its error, once."""
+    last = [ln for ln in _tail(case.log, 2000).splitlines() if ln.strip()]
+    entry.setdefault("error", f"exit {code}: {last[-1][:200] if last else ''}")
+    log(f"  {contender} failed (tolerated): {entry['error']}")
+
+
+def _safetensors_ratios(contenders: dict) -> dict:
+    """The safetensors row against the `.ckpt` rows and MindSpore's safetensors transform (wall medians)."""
+    st = contenders.get("mpitrans_st")
+    if not st or "wall_median" not in st:
+        return {}
+    out = {}
+    for other in ("mpitrans", "mindspore", "by_rank", "floor", "mindspore_st"):
+        o = contenders.get(other)
+        if o and "wall_median" in o:
+            out[f"mpitrans_st/{other}"] = round(st["wall_median"] / o["wall_median"], 3)
+    return out
 
 
 def _tail(path: str, n: int = 4000) -> str:
@@ -493,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", help="comma-separated scenario keys (a, b, c, d), with --sizes")
     p.add_argument("--sizes", help="comma-separated GiB of source shards, for every scenario in --scenarios")
     p.add_argument("--repeats", type=int, default=None, help="runs per contender; the median is reported (3)")
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help=f"subset of {','.join(ALL_CONTENDERS)} (default: the first four)")
     p.add_argument("--smoke", action="store_true",
                    help=f"tiny CI run: plan {SMOKE_PLAN!r}, 1 repeat (seconds in total)")
     p.add_argument("--out", default=os.path.join(BENCH, "results"), help="results directory (bench/results)")
@@ -527,10 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = parse_plan(SMOKE_PLAN if args.smoke else DEFAULT_PLAN)
     repeats = args.repeats or (1 if args.smoke else 3)
-    contenders = [c for c in CONTENDERS if c in set(args.contenders.split(","))]
-    unknown = set(args.contenders.split(",")) - set(CONTENDERS)
+    contenders = [c for c in ALL_CONTENDERS if c in set(args.contenders.split(","))]
+    unknown = set(args.contenders.split(",")) - set(ALL_CONTENDERS)
     if unknown:
-        raise SystemExit(f"bench: unknown contender(s) {sorted(unknown)}; choose from {CONTENDERS}")
+        raise SystemExit(f"bench: unknown contender(s) {sorted(unknown)}; choose from {ALL_CONTENDERS}")
     try:
         ms_version = metadata.version("mindspore")
     except metadata.PackageNotFoundError:

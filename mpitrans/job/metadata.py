@@ -36,6 +36,12 @@ class SourceMetadata:
         self.indexer = indexer  # source rank -> the process that indexed it
         self._parsed: dict[str, list[TensorMeta]] = {}
 
+    def absorb(self, more: SourceMetadata) -> None:
+        """Add the files a second `index_sources` call indexed."""
+        self.hashes.update(more.hashes)
+        self.blobs.update(more.blobs)
+        self.indexer.update(more.indexer)
+
     def twins(self, files: Iterable[int]) -> set[int]:
         """`files` and every indexed file with the same structure (replicas: more candidates to read)."""
         wanted = {self.hashes[g] for g in files if g in self.hashes}

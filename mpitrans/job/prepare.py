@@ -28,7 +28,14 @@ from mpitrans.job.rounds import Moves
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.consistency import check_sources, probe_ranks, source_scope
-from mpitrans.plan.coverage import check_coverage, check_models_match, files_to_index, needed_by, plan_targets
+from mpitrans.plan.coverage import (
+    check_coverage,
+    check_models_match,
+    files_to_index,
+    needed_by,
+    plan_targets,
+    replica_files,
+)
 from mpitrans.plan.misfit import Misfit, describe, misfits
 from mpitrans.plan.planner import Planner, TargetPlan
 from mpitrans.storage.ckpt.crypto import CkptReading
@@ -141,6 +148,27 @@ def start(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strat
     return Setup(t, src_checkpoint, prefix, src, dst, src_bytes, dst_bytes, inv, shape_only, select)
 
 
+def _index_replicas(setup: Setup, sources: SourceMetadata, needed: set[int], reading: CkptReading | None) -> bool:
+    """Collective: when a needed file lacks parameters of its stage (a de-duplicated source), index the
+    stage's other files too, so each slice can be read from the replica that kept it. Rank 0 decides
+    from the needed files' metadata. True when files were added."""
+    t = setup.t
+    sources.fetch(needed if t.rank == 0 else ())
+
+    def decide() -> bytes:
+        if t.rank != 0:
+            return b""
+        files = replica_files(setup.shape_only, sources.metas(needed), needed, setup.inventory.seers)
+        return json.dumps([g for g in files if g not in sources.hashes]).encode()
+
+    payload = agree(t, decide)
+    extra = json.loads(t.bcast_bytes(payload if t.rank == 0 else None))
+    if not extra:
+        return False
+    sources.absorb(index_sources(t, setup.inventory, extra, reading))
+    return True
+
+
 def warn_misfits(t: Transport, found: list[Misfit]) -> None:
     """Collective: one warning on rank 0 for the tensors every process found copied in a shape the
     destination does not fit (`plan.misfit`); the output is unchanged."""
@@ -168,9 +196,15 @@ def plan_job(setup: Setup, where: dict[int, int], strict: bool = True, reading: 
     sources = index_sources(t, inv, to_index, reading)
     timings = {"index": time.perf_counter() - clock}
     clock = time.perf_counter()
+    dedup_stages = _index_replicas(setup, sources, needed, reading)
     # Rank 0 checks the whole source (each distinct structure once); every process checks what it plans
-    # with: its targets' files and their structural twins (replicas, more files to read from).
+    # with: its targets' files and their structural twins (replicas, more files to read from) and, for a
+    # de-duplicated source, every file of their stages.
     known = set(sources.hashes) if t.rank == 0 else sources.twins(needed_here)
+    if dedup_stages:
+        sd = setup.shape_only.src_stage_devices
+        mine_stages = {g // sd for g in needed_here}
+        known |= {g for g in sources.hashes if g // sd in mine_stages}
     sources.fetch(known)
     metas = sources.metas(known)
     paths = {g: inv.path_of(g) for g in inv.seers}

@@ -7,6 +7,11 @@ file; at 1024 source ranks and 2,000 parameters that is most of a target's plann
 are grouped by local rank once, and files that share one metadata list (files of one layout class list
 the same names, dtypes and shapes) share one name index.
 
+A de-duplicated source (`remove_redundancy`, see `dedup`) leaves names out of some files; each file of
+such a pipeline stage is then *listed* as the stage's merged list, the file it would have been without
+de-duplication: MindSpore's order and choice of file are decided on the listings, the bytes are read from
+whichever replica holds them (`candidates` only offers files that hold the name).
+
 Parameters are also sorted into *holder classes*: two parameters held by the same files with the same
 per-stage layouts get the same candidates for the same shard, so the planner computes them once per
 class and target.
@@ -19,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from mpitrans.metadata import TensorMeta
+from mpitrans.plan.dedup import incomplete_stages, merged_order
+from mpitrans.storage.safetensors import file_order
 
 T = TypeVar("T")
 
@@ -53,10 +60,45 @@ class SourceCatalog:
         self.metas: dict[int, list[TensorMeta]] = per_list(metas, list)
         self.by_name: dict[int, dict[str, TensorMeta]] = per_list(self.metas, lambda m: {t.name: t for t in m})
         self.ranks = sorted(self.metas)
+        self.listing: dict[int, list[str]] = per_list(self.metas, lambda m: [t.name for t in m])
+        self._merge_incomplete_stages()
+        self.held: dict[int, set[str]] = per_list(self.listing, set)
         self.of_local: dict[int, list[int]] = defaultdict(list)  # local rank -> global ranks, ascending
         for g in self.ranks:
             self.of_local[g % stage_devices].append(g)
         self._classes = self._holder_classes()
+
+    def _merge_incomplete_stages(self) -> None:
+        """List every file of a de-duplicated stage as the merge of the stage's files (see `dedup`)."""
+        sd = self.stage_devices
+        stages = incomplete_stages(self.metas, sd)
+        if not stages:
+            return
+        lists = distinct_lists(self.metas)
+        if all(list(ms) == file_order(ms) for ms in lists):
+            # Every file is in safetensors layout order (dtype, then name): so is the whole.
+            metas = {t.name: t for ms in lists for t in ms}
+            rank = {t.name: i for i, t in enumerate(file_order(list(metas.values())))}
+        else:
+            rank = {}
+            for _, name in self.stage_layout:
+                rank.setdefault(name, len(rank))
+        unranked = len(rank)
+        for stage in stages:
+            files = {g: ms for g, ms in self.metas.items() if g // sd == stage}
+            merged = merged_order([[t.name for t in ms] for ms in distinct_lists(files)],
+                                  lambda n: rank.get(n, unranked))
+            for g in files:
+                self.listing[g] = merged
+
+    def meta(self, name: str, g: int) -> TensorMeta:
+        """`name`'s shard as file `g` holds it or, when `g` is de-duplicated without it, as a file of its
+        stage holds it (every shard of a parameter in one stage has one shape and dtype)."""
+        found = self.by_name[g].get(name)
+        if found is not None:
+            return found
+        sd = self.stage_devices
+        return next(self.by_name[h][name] for h in self.ranks if h // sd == g // sd and name in self.by_name[h])
 
     def _holder_classes(self) -> dict[str, int]:
         """name -> an id shared by the names held by the same files with the same per-stage layouts."""
@@ -89,7 +131,7 @@ class SourceCatalog:
         A parameter shared by pipeline stages may be laid out differently in each; only stages whose
         layout equals the preferred file's stage layout hold the same bytes."""
         sd = self.stage_devices
-        out = [preferred] if preferred is not None else []
+        out = [preferred] if preferred is not None and name in self.by_name[preferred] else []
         want = self.stage_layout.get((preferred // sd, name)) if preferred is not None else None
         for g in self.of_local.get(local, ()):
             if g == preferred or name not in self.by_name[g]:
@@ -117,9 +159,9 @@ class LoadOrder:
 
     def chosen(self, name: str, local: int) -> int | None:
         """The global rank MindSpore takes (`name`, local rank `local`) from, or None if no loaded file has it."""
-        by_name = self.catalog.by_name
+        held = self.catalog.held
         for g in reversed(self.of_local.get(local, ())):
-            if name in by_name[g]:
+            if name in held[g]:
                 return g
         return None
 
@@ -129,11 +171,11 @@ class LoadOrder:
         out: dict[str, int] = {}
         walked: set[int] = set()
         for g in order:
-            metas = self.catalog.metas.get(g)
-            if metas is None or id(metas) in walked:
+            names = self.catalog.listing.get(g)
+            if names is None or id(names) in walked:
                 continue
-            walked.add(id(metas))
-            for meta in metas:
-                if meta.name not in out:
-                    out[meta.name] = g
+            walked.add(id(names))
+            for name in names:
+                if name not in out:
+                    out[name] = g
         return out

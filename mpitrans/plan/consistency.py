@@ -35,9 +35,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mpitrans.errors import MpitransError
+from mpitrans.errors import LayoutError, MpitransError
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.catalog import per_list
+from mpitrans.plan.dedup import replica_groups
 from mpitrans.plan.layout import origin_shape, resolved_opt_shard_size, tensor_strategy
 from mpitrans.plan.planner import Planner
 from mpitrans.storage.discover import rank_span
@@ -209,7 +210,7 @@ def check_sources(src: StrategyFile | None, dst: StrategyFile | None, metas: Map
         for name in by_name:
             holders.setdefault(name, []).append(g)
 
-    _check_presence(lmap, files, holders, paths, scope, stage_of)
+    _check_presence(lmap, files, holders, paths, scope, stage_of, layout_for)
     _check_dtypes_and_shapes(lmap, files, holders, paths, layout_for)
     if src is not None:
         _check_copied(lmap, files, holders, paths, scope)
@@ -251,15 +252,44 @@ def _consistent_by_class(lmap, files, scope: Scope, stage_of, layout_for, copies
                for name in copied for local in scope.copy_locals)
 
 
-def _check_presence(lmap, files, holders, paths, scope: Scope, stage_of) -> None:
-    """A strategy parameter some file of its stages holds must be in every indexed file of those stages."""
+def _held_by_replica(name: str, g: int, files, have: list[int], scope: Scope, stage_of, layout_for) -> bool:
+    """Whether a file of `g`'s stage holds the slice of `name` that `g` would (a de-duplicated source,
+    saved with `remove_redundancy`: one replica of each slice keeps it), or may: a replica not indexed."""
+    layout = layout_for(g, name)
+    if layout is None or not _even(layout):
+        return False
+    n = scope.stage_devices
+    twins = [h for h in have if stage_of(h) == stage_of(g)]
+    if not twins:
+        return False
+    shape = files[twins[0]][name].shape
+    if len(shape) != len(layout.tensor_map):
+        return False  # reported by the shape checks
+    try:
+        groups = replica_groups(layout, tuple(shape))
+    except LayoutError:
+        return False
+    mine = groups[g % n % len(groups)]
+    if any(groups[h % n % len(groups)] == mine for h in twins):
+        return True
+    # A replica whose file nobody indexed (absent on every host) may hold it: the coverage check names it.
+    base = g - g % n
+    return any(group == mine and base + r not in files for r, group in enumerate(groups))
+
+
+def _check_presence(lmap, files, holders, paths, scope: Scope, stage_of, layout_for) -> None:
+    """A strategy parameter some file of its stages holds must be in every indexed file of those stages,
+    or (a de-duplicated source) in a file of a replica holding the same slice."""
     missing: dict[int, list[str]] = {}
+    foreign = {g for g, by_name in files.items() if any(len(holders[n]) == 1 for n in by_name)
+               and not any(n in lmap for n in by_name)}  # a file of another model, not a replica's subset
     for name, layout in lmap.items():
         have = holders.get(name)
         if not have:
             continue
         for g in files:
-            if name not in files[g] and (scope.by_stage or stage_of(g) in layout.stages):
+            if name not in files[g] and (scope.by_stage or stage_of(g) in layout.stages) and (
+                    g in foreign or not _held_by_replica(name, g, files, have, scope, stage_of, layout_for)):
                 missing.setdefault(g, []).append(name)
     if not missing:
         return
@@ -274,7 +304,8 @@ def _check_presence(lmap, files, holders, paths, scope: Scope, stage_of) -> None
     more = f" (and {len(missing[g]) - 1} more)" if len(missing[g]) > 1 else ""
     raise InconsistentSourceError(
         f"{_who(paths, g)}: parameter {name!r}{more} is missing, but {_who(paths, holders[name][0])} holds it "
-        f"and the source strategy puts it in both files")
+        f"and the source strategy puts it in both files; no other file holding the same slice has it either "
+        f"(searched {rank_span(files)})")
 
 
 def _check_dtypes_and_shapes(lmap, files, holders, paths, layout_for) -> None:

@@ -13,9 +13,10 @@ from collections.abc import Collection, Mapping, Sequence
 
 from mpitrans.errors import MissingShardError, MpitransError
 from mpitrans.metadata import TensorMeta
+from mpitrans.plan.dedup import stage_ranks
 from mpitrans.plan.planner import Planner, TargetPlan
-from mpitrans.storage.discover import describe_missing
-from mpitrans.strategy.layout_map import layout_map
+from mpitrans.storage.discover import describe_missing, rank_span
+from mpitrans.strategy.layout_map import layout_map, layout_maps_by_stage
 from mpitrans.strategy.model import StrategyFile
 
 log = logging.getLogger("mpitrans")
@@ -48,6 +49,21 @@ def files_to_index(needed: Collection[int], seen: Collection[int]) -> list[int]:
     return sorted(n for n in needed if n in seen)
 
 
+def replica_files(planner: Planner, metas: Mapping[int, Sequence[TensorMeta]], needed: Collection[int],
+                  visible: Collection[int]) -> list[int]:
+    """Source files to index besides the needed ones because the source may be de-duplicated
+    (`remove_redundancy`): the other files of the pipeline stage of any needed file that lacks a
+    parameter its stage lays out (see `dedup.stage_ranks`). Empty for an ordinary source."""
+    src = planner.src
+    if src is None:
+        return []
+    if planner.by_stage:
+        stage_layouts = {src.stage: layout_map(src)}
+    else:
+        stage_layouts = layout_maps_by_stage(src)
+    return stage_ranks(needed, metas, stage_layouts, planner.src_stage_devices, visible)
+
+
 def check_models_match(src: StrategyFile | None, dst: StrategyFile | None,
                        metas: Mapping[int, Sequence[TensorMeta]], prefix: str = "checkpoint_") -> None:
     """The destination must describe the model the source checkpoints hold (MindSpore would silently
@@ -70,7 +86,7 @@ def check_models_match(src: StrategyFile | None, dst: StrategyFile | None,
         more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
         raise MpitransError(
             f"parameter {absent[0]!r}{more} of the destination strategy is in no source checkpoint "
-            f"(MindSpore would silently leave it out of the targets)"
+            f"(searched {rank_span(metas)}; MindSpore would silently leave it out of the targets)"
         )
     if src is not None and not set(layout_map(src)) & set(wanted):
         raise MpitransError("the source and destination strategies share no parameter: different models?")

@@ -291,9 +291,8 @@ class Planner:
         first = loaded.first_seen(needed)
         # MindSpore infers the full shape from the shard stored under the first local rank it saw, whose
         # value the lowest rank loaded later overwrote: take the shape from that file.
-        by_name = self.catalog.by_name
         sd = self.src_stage_devices
-        first_shape = {n: by_name[loaded.chosen(n, g % sd)][n].shape for n, g in first.items()}
+        first_shape = {n: self.catalog.meta(n, loaded.chosen(n, g % sd)).shape for n, g in first.items()}
         order = [
             n for n in first
             if not (_not_in_local_stage(n, self.origin_src, src_map)
@@ -312,8 +311,7 @@ class Planner:
         files = range(start, start + self.src_stage_devices)
         loaded = LoadOrder(self.catalog, files)
         first = loaded.first_seen(files)
-        by_name = self.catalog.by_name
-        first_shape = {n: by_name[g][n].shape for n, g in first.items()}
+        first_shape = {n: self.catalog.meta(n, g).shape for n, g in first.items()}
         target = _Target(rank, rank, loaded, src_map, dst_map)
         return self._build(target, list(first), first_shape)
 
@@ -449,8 +447,14 @@ class Planner:
                 supplier = cands[0] if supplier is None else supplier
             else:
                 # Nobody indexed a file holding this shard: name the files that should, so the job can
-                # report every missing `rank_x` before moving any byte.
-                cands = sorted({s * sd + m for m in members for s in tpl.stages})
+                # report every missing `rank_x` before moving any byte; if they were all indexed, none
+                # of them (replicas of a de-duplicated source included) holds it.
+                expected = sorted({s * sd + m for m in members for s in tpl.stages})
+                cands = [g for g in expected if g not in catalog.metas]
+                if not cands:
+                    raise MissingShardError(
+                        f"parameter {name!r}: no source checkpoint holds the slice of it this target needs "
+                        f"(searched {rank_span(expected)}, the ranks holding that slice: their files lack it)")
             regions.append(Region(dst_box, src_box, tuple(cands)))
         return tuple(regions), supplier
 

@@ -94,8 +94,13 @@ def test_dtype_must_agree_across_files(dtype):
 
 
 def test_missing_strategy_parameter_in_one_file():
-    refused(files(**with_tensor(1, "b", drop=True)), "rank_1 (/src/rank_1/m1.ckpt): parameter 'b' is missing",
-            "rank_0 (/src/rank_0/m0.ckpt) holds it")
+    # Another file holds the same slice (b is replicated): a de-duplicated source, saved with
+    # remove_redundancy; the planner reads b from that replica.
+    assert check(files(**with_tensor(1, "b", drop=True)))
+    # Rows 4-7 of w are held by ranks 1 and 3 only: with both lacking w, that slice is nowhere.
+    metas = files(**with_tensor(1, "w", drop=True), **with_tensor(3, "w", drop=True))
+    refused(metas, "rank_1 (/src/rank_1/m1.ckpt): parameter 'w' is missing", "rank_0 (/src/rank_0/m0.ckpt) holds it",
+            "searched rank_0..rank_3")
 
 
 def test_file_of_another_model():
@@ -222,8 +227,11 @@ def _break(src: Path, problem: str) -> list[str]:
             t[1] = "Float16"
             words = [*where, WQ, "dtype float16", "bfloat16"]
     if problem == "missing-parameter":
+        # Gone from rank 3 and from rank 7, its replica (dp2 x mp4): no file holds that slice.
         tensors = [t for t in tensors if t[0] != WQ]
-        words = [*where, WQ, "is missing"]
+        twin = next((src / "rank_7").glob("*.ckpt"))
+        _rewrite(twin, [t for t in _tensors(twin) if t[0] != WQ])
+        words = [*where, WQ, "is missing", "searched rank_0..rank_7"]
     elif problem == "another-model":
         tensors = [["encoder.weight", "Float32", (8, 4), bytes(128)], ["global_step", "Int32", (1,), bytes(4)]]
         words = [*where, "another model"]
@@ -263,6 +271,22 @@ def test_inconsistent_source_file_fails_before_any_byte_moves(example, tmp_path,
                            "--dst-checkpoint", str(dst), "--dst-strategy", str(example / "dst_strategy.ckpt"),
                            "--quiet"])
     _assert_clean_failure(proc, dst, words)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_parameter_missing_from_one_replica_is_read_from_the_other(example, tmp_path, launcher):
+    """A de-duplicated source (remove_redundancy) leaves a slice in one replica only: read it there."""
+    src = tmp_path / "src"
+    shutil.copytree(example / "src", src)
+    victim = next((src / "rank_3").glob("*.ckpt"))
+    _rewrite(victim, [t for t in _tensors(victim) if t[0] != WQ])
+    dst = tmp_path / "dst"
+    proc = _run(launcher, ["--src-checkpoint", str(src), "--src-strategy", str(example / "src_strategy.ckpt"),
+                           "--dst-checkpoint", str(dst), "--dst-strategy", str(example / "dst_strategy.ckpt"),
+                           "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    for want in (example / "expected").rglob("*.ckpt"):
+        assert (dst / want.relative_to(example / "expected")).read_bytes() == want.read_bytes(), want
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
