@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from mpitrans.errors import MpitransError
 from mpitrans.plan.filters import KEEP_ALL, ParamFilter, split_patterns
 from mpitrans.plan.lora import LoraMerge, parse_scaling
-from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting, Scratch, check_mode, load_key
 from mpitrans.storage.formats import target_filename, target_format
+
+if TYPE_CHECKING:
+    from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting
 
 DEFAULT_MAX_BUFFER = 64 << 20
 DEFAULT_PREFIX = "checkpoint_"
@@ -82,6 +85,9 @@ class JobOptions:
         if self.lora_scaling is not None:
             object.__setattr__(self, "lora_scaling", parse_scaling(self.lora_scaling))
             object.__setattr__(self, "lora_merge", True)
+        # Imported here: the .ckpt package pulls in numpy, which launcher-side tools (rank tables) avoid.
+        from mpitrans.storage.ckpt.crypto import check_mode
+
         check_mode(self.dec_mode, "--dec-mode")
         check_mode(self.enc_mode, "--enc-mode")
         if self.output_format != "ckpt" and (self.enc_key_file or self.crc_check):
@@ -96,6 +102,8 @@ class JobOptions:
         """How this process reads and writes `.ckpt` files, keys loaded (on every process: the key file,
         or the variable, must be there). One scratch folder holds every private plaintext copy: in
         `tmp_dir`, else `scratch_base` (a dry run keeps out of the output directory), else the output."""
+        from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting, Scratch, load_key
+
         scratch = Scratch(self.tmp_dir or scratch_base or self.dst_checkpoint)
         dec = load_key(self.dec_key_file, self.dec_mode, "--dec-key-file") if self.dec_key_file else None
         enc = load_key(self.enc_key_file, self.enc_mode, "--enc-key-file") if self.enc_key_file else None

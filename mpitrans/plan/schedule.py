@@ -12,16 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from math import prod
+from typing import NamedTuple
 
 from mpitrans.metadata import itemsize
 from mpitrans.plan.assign import ReaderTable
 from mpitrans.plan.layout import Box, box_shape, intersect
-from mpitrans.plan.planner import TargetPlan
+from mpitrans.plan.planner import OutTensor, TargetPlan
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Bytes of one source-shard box that land in one C-contiguous block of a chunk."""
+class Piece(NamedTuple):
+    """Bytes of one source-shard box that land in one C-contiguous block of a chunk. (A named tuple: a
+    metadata-heavy job makes hundreds of thousands.)"""
 
     reader: int  # MPI rank that reads the source file
     src_rank: int  # global source rank whose file holds the bytes
@@ -31,10 +32,7 @@ class Piece:
     block_shape: tuple[int, ...]  # shape of that block
     in_block: Box  # the piece's box inside the block
     itemsize: int
-
-    @property
-    def nbytes(self) -> int:
-        return prod(box_shape(self.in_block)) * self.itemsize
+    nbytes: int  # the piece's size: its box's element count times `itemsize`
 
 
 @dataclass(frozen=True)
@@ -119,6 +117,13 @@ def build_chunks(targets: Sequence[TargetPlan], chunk_bytes: int, readers: Reade
                     room = 1  # a single element larger than the chunk: take it anyway
                 end = min(count, pos + room)
                 segments.append(Segment(ti, ki, pos, end, used))
+                if pos == 0 and end == count:  # the whole tensor: each region lands as it is
+                    _whole_tensor(pieces, tensor, chosen, used, isz)
+                    used += count * isz
+                    pos = end
+                    if used >= chunk_bytes:
+                        yield flush()
+                    continue
                 for block, elem_off in contiguous_boxes(tensor.shape, pos, end):
                     block_offset = used + elem_off * isz
                     for ri, region in enumerate(tensor.regions):
@@ -133,7 +138,7 @@ def build_chunks(targets: Sequence[TargetPlan], chunk_bytes: int, readers: Reade
                         in_block = tuple((c0 - b0, c1 - b0) for (c0, c1), (b0, _) in zip(common, block, strict=True))
                         pieces.append(
                             Piece(reader, src_rank, tensor.name, src_box, block_offset, box_shape(block),
-                                  in_block, isz)
+                                  in_block, isz, prod(box_shape(common)) * isz)
                         )
                 used += (end - pos) * isz
                 pos = end
@@ -141,3 +146,15 @@ def build_chunks(targets: Sequence[TargetPlan], chunk_bytes: int, readers: Reade
                     yield flush()
     if segments:
         yield flush()
+
+
+def _whole_tensor(pieces: list[Piece], tensor: OutTensor, chosen: Sequence[tuple[int, int]], offset: int,
+                  isz: int) -> None:
+    """The pieces of a tensor that fits in the chunk whole: one per region, its box in the tensor as is."""
+    for region, (reader, src_rank) in zip(tensor.regions, chosen, strict=True):
+        n = 1
+        for a, b in region.dst_box:
+            n *= b - a
+        if n:
+            pieces.append(Piece(reader, src_rank, tensor.name, region.src_box, offset, tensor.shape, region.dst_box,
+                                isz, n * isz))

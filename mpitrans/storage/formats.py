@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mpitrans.errors import MpitransError
 from mpitrans.metadata import TensorMeta
 from mpitrans.storage.base import SourceReader, TargetWriter
-from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting
+
+if TYPE_CHECKING:  # the .ckpt package pulls in numpy: imported where a file is opened
+    from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting
 
 
 @dataclass(frozen=True)

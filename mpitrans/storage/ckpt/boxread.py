@@ -100,6 +100,17 @@ def read_box_into(fd: int, entry: TensorEntry, box: Sequence[tuple[int, int]], o
     their gaps get one pread per run; where runs are dense, a window is read whole and gathered with numpy,
     so a narrow column slice costs a few large reads rather than a syscall per row.
     """
+    span = _contiguous_span(entry, box)
+    if span is not None and len(entry.records) == 1 and span[0] + span[1] <= entry.records[0].nbytes:
+        # One run inside one record (most boxes of a metadata-heavy job): a single pread, no plan.
+        view = memoryview(out)
+        if view.readonly or view.nbytes != span[1]:
+            raise ValueError(f"read_box_into needs a writable buffer of {span[1]} bytes for box {box} of "
+                             f"{entry.name!r}")
+        if span[1]:
+            _pread_into(fd, view.cast("B") if view.format != "B" or view.ndim != 1 else view,
+                        entry.records[0].offset + span[0], entry)
+        return
     plan = _plan(entry, box)
     view = memoryview(out)
     if view.readonly:
@@ -110,6 +121,25 @@ def read_box_into(fd: int, entry: TensorEntry, box: Sequence[tuple[int, int]], o
                          f"needs {plan.nbytes}")
     if plan.nbytes:
         _Gather(fd, entry, plan, view).level(0, plan.base, 0)
+
+
+def _contiguous_span(entry: TensorEntry, box: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """(byte offset in the tensor, byte count) when `box` is one contiguous run of it, else None: after the
+    leading dims the box takes one index of, at most one dim is partial and every later one is whole."""
+    shape = entry.shape
+    if len(box) != len(shape):
+        return None
+    k = 0
+    while k < len(shape) - 1 and box[k][1] - box[k][0] == 1:
+        k += 1
+    offset = 0
+    count = 1
+    for j, ((a, b), dim) in enumerate(zip(box, shape, strict=True)):
+        if not 0 <= a <= b <= dim or (j > k and (a, b) != (0, dim)):
+            return None
+        offset = offset * dim + a
+        count *= b - a
+    return offset * entry.itemsize, count * entry.itemsize
 
 
 class _Gather:
