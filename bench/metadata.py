@@ -56,8 +56,13 @@ SCENARIOS = {
 
 
 def _env() -> dict[str, str]:
+    """Every timed command's environment. Bytecode is cached (as `bench.run` does, in bench/cache/pycache)
+    even where PYTHONDONTWRITEBYTECODE is set: an installed package has its .pyc files, so neither contender
+    should pay for compiling its modules at every start."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", GLOG_v="3",
-               OMPI_MCA_btl_tcp_if_include="lo", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               OMPI_MCA_btl_tcp_if_include="lo", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONPYCACHEPREFIX=os.path.join(REPO, "bench", "cache", "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 

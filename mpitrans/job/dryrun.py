@@ -16,7 +16,7 @@ from math import prod
 
 from mpitrans.errors import MpitransError
 from mpitrans.job.agree import agree
-from mpitrans.job.exchange import exchange_asks, round_sizes
+from mpitrans.job.exchange import exchange_asks, remote_pieces, round_sizes
 from mpitrans.job.options import JobOptions
 from mpitrans.job.prepare import plan_job, start
 from mpitrans.job.rounds import chunk_size, my_chunks
@@ -95,12 +95,11 @@ def _count(rank: int, plans: dict, relpath: Callable[[int], str], chunks: list, 
         read: set = set()
         own = chunks[k] if k < len(chunks) else None
         for p in own.pieces if own is not None else ():
-            if p.reader == rank:
-                if (p.src_rank, p.tensor, p.src_box) not in read:
-                    read.add((p.src_rank, p.tensor, p.src_box))
-                    me.bytes_read += p.nbytes
-            else:
-                me.bytes_received += p.nbytes
+            if p.reader == rank and (p.src_rank, p.tensor, p.src_box) not in read:
+                read.add((p.src_rank, p.tensor, p.src_box))
+                me.bytes_read += p.nbytes
+        for wanted in remote_pieces(own, rank).values() if own is not None else ():
+            me.bytes_received += sum(ask.nbytes for ask, _ in wanted)
         for pieces in asks.get(k, {}).values():
             me.messages += 1
             for a in pieces:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 from mpitrans.job.transport import Transport
 from mpitrans.plan.assign import Alone, ReaderTable, assign_region, new_chooser, region_key
 from mpitrans.plan.planner import TargetPlan
-from mpitrans.plan.schedule import Chunk
+from mpitrans.plan.schedule import Chunk, Piece
 
 
 class Ask(NamedTuple):
@@ -103,14 +103,33 @@ class _Writers:
         return found[1], found[2]
 
 
+def remote_pieces(chunk: Chunk, me: int) -> dict[int, list[tuple[Ask, list[Piece]]]]:
+    """The pieces of `chunk` other processes read, by reader, each distinct region once (in order of first
+    appearance) with every piece it fills: a region several of a writer's targets hold (a replicated
+    tensor) is asked for, sent and received once. Writer and reader both derive the order from this."""
+    out: dict[int, dict[tuple, tuple[Ask, list[Piece]]]] = {}
+    for p in chunk.pieces:
+        if p.reader == me:
+            continue
+        by_key = out.get(p.reader)
+        if by_key is None:
+            by_key = out[p.reader] = {}
+        key = (p.src_rank, p.tensor, p.src_box)
+        found = by_key.get(key)
+        if found is None:
+            by_key[key] = (Ask(p.src_rank, p.tensor, p.src_box, p.nbytes), [p])
+        else:
+            found[1].append(p)
+    return {r: list(by_key.values()) for r, by_key in sorted(out.items())}
+
+
 def exchange_asks(t: Transport, chunks: Sequence[Chunk]) -> dict[int, dict[int, list[Ask]]]:
     """Collective: tell every reader what to supply for this process's chunks; returns what this process
     must supply: round -> writer -> pieces, in the order the writer unpacks them."""
     asks: list[list] = [[] for _ in range(t.size)]
     for k, chunk in enumerate(chunks):
-        for p in chunk.pieces:
-            if p.reader != t.rank:
-                asks[p.reader].append((k, p.src_rank, p.tensor, p.src_box, p.nbytes))
+        for reader, wanted in remote_pieces(chunk, t.rank).items():
+            asks[reader].extend((k, *ask) for ask, _ in wanted)
     out: dict[int, dict[int, list[Ask]]] = defaultdict(lambda: defaultdict(list))
     for writer, blob in enumerate(t.alltoall_bytes([marshal.dumps(a) for a in asks])):
         for k, g, name, box, nbytes in marshal.loads(blob):

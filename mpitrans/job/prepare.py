@@ -97,17 +97,23 @@ def _unframe(data: bytes, count: int) -> list[bytes | None]:
     return out
 
 
-def broadcast_strategies(t: Transport, src_strategy: str | None,
-                         dst_strategy: str | None) -> tuple[bytes | None, bytes | None]:
-    """Read on rank 0 only (a per-stage directory is merged there), broadcast as raw bytes."""
+def broadcast_strategies(t: Transport, src_strategy: str | None, dst_strategy: str | None) -> tuple:
+    """Read on rank 0 only (a per-stage directory is merged there), broadcast as raw bytes: the bytes and
+    every process's parsed strategies. Rank 0 keeps the ones it read (their byte form decodes to equal
+    objects, `strategy.to_bytes`), the others parse what arrived."""
+    loaded: list[StrategyFile | None] = []
+
     def load() -> bytes:
         if t.rank != 0:
             return b""
-        return _frame([strategy.to_bytes(strategy.load(p)) if p else None for p in (src_strategy, dst_strategy)])
+        loaded.extend(strategy.load(p) if p else None for p in (src_strategy, dst_strategy))
+        return _frame([strategy.to_bytes(s) if s is not None else None for s in loaded])
 
     payload = agree(t, load)
     src_bytes, dst_bytes = _unframe(t.bcast_bytes(payload if t.rank == 0 else None), 2)
-    return src_bytes, dst_bytes
+    if not loaded:
+        loaded = [strategy.from_bytes(b) if b else None for b in (src_bytes, dst_bytes)]
+    return src_bytes, dst_bytes, loaded
 
 
 @dataclass
@@ -136,9 +142,7 @@ class Setup:
 def start(t: Transport, src_checkpoint: str, src_strategy: str | None, dst_strategy: str | None,
           prefix: str, select: Selection = ALL_OF_EACH_FILE) -> Setup:
     """Collective: strategies (read once, broadcast as raw bytes) and who sees which source file."""
-    src_bytes, dst_bytes = broadcast_strategies(t, src_strategy, dst_strategy)
-    src = strategy.from_bytes(src_bytes) if src_bytes else None
-    dst = strategy.from_bytes(dst_bytes) if dst_bytes else None
+    src_bytes, dst_bytes, (src, dst) = broadcast_strategies(t, src_strategy, dst_strategy)
     inv = gather_inventory(t, src_checkpoint, select.src_postfix)
     if not inv.seers:
         empty = rank_dirs_without_checkpoint(src_checkpoint)

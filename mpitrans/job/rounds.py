@@ -11,12 +11,11 @@ one round is read from disk once.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mpitrans.job.assemble import scatter, target_view
-from mpitrans.job.exchange import Ask, decide_readers, exchange_asks, round_sizes
+from mpitrans.job.exchange import Ask, decide_readers, exchange_asks, remote_pieces, round_sizes
 from mpitrans.job.faults import fault_point, round_delay
 from mpitrans.job.metadata import SourceMetadata
 from mpitrans.job.progress import Progress
@@ -26,7 +25,7 @@ from mpitrans.job.summary import RankStats
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
 from mpitrans.plan.planner import TargetPlan
-from mpitrans.plan.schedule import Chunk, Piece, build_chunks
+from mpitrans.plan.schedule import Chunk, build_chunks
 from mpitrans.storage.ckpt.crypto import CkptReading, CkptWriting
 
 
@@ -107,18 +106,15 @@ class Rounds:
             self.sink.queue.put((own, buf))
 
     def _expect(self, own: Chunk | None) -> tuple[list, list]:
-        """Receive buffers for the pieces other processes read for this one's chunk, one per reader."""
+        """Receive buffers for the pieces other processes read for this one's chunk, one per reader, each
+        region once however many of the chunk's pieces it fills (`remote_pieces`)."""
         recvs, incoming = [], []
         if own is None:
             return recvs, incoming
-        by_reader: dict[int, list[Piece]] = defaultdict(list)
-        for p in own.pieces:
-            if p.reader != self.t.rank:
-                by_reader[p.reader].append(p)
-        for r, ps in sorted(by_reader.items()):
-            staging = bytearray(sum(p.nbytes for p in ps))
+        for r, wanted in remote_pieces(own, self.t.rank).items():
+            staging = bytearray(sum(ask.nbytes for ask, _ in wanted))
             recvs.append((r, memoryview(staging)))
-            incoming.append((staging, ps))
+            incoming.append((staging, wanted))
         return recvs, incoming
 
     def _read_own(self, own: Chunk, buf: memoryview, got: dict) -> None:
@@ -158,14 +154,16 @@ class Rounds:
         return sends
 
     def _scatter_incoming(self, incoming: list, buf: memoryview | None) -> None:
-        for staging, ps in incoming:
+        for staging, wanted in incoming:
             view = memoryview(staging)
             pos = 0
-            for p in ps:
-                scatter(buf, p, view[pos:pos + p.nbytes])
-                pos += p.nbytes
-                if [p.src_rank, p.reader] not in self.stats.received_from:
-                    self.stats.received_from.append([p.src_rank, p.reader])
+            for ask, pieces in wanted:
+                data = view[pos:pos + ask.nbytes]
+                for p in pieces:
+                    scatter(buf, p, data)
+                pos += ask.nbytes
+                if [ask.src_rank, pieces[0].reader] not in self.stats.received_from:
+                    self.stats.received_from.append([ask.src_rank, pieces[0].reader])
             self.stats.bytes_received += len(staging)
 
 

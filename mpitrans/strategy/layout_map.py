@@ -52,8 +52,25 @@ def layout_map(strategy: StrategyFile, rank_id: int | None = None) -> dict[str, 
     """MindSpore's `_convert_to_list`: origin parameter name -> layout, in MindSpore's insertion order.
 
     `rank_id` only matters for names present in several stages (see the module notes). The stages tuple
-    lists every stage the name appears in, in file order.
+    lists every stage the name appears in, in file order. A job asks for the same maps many times (every
+    planner, every check), so each is computed once per strategy object and handed out as a fresh dict.
     """
+    # Kept on the object, keyed by what the map depends on, and dropped if the layout list grew since.
+    cache = strategy.__dict__.setdefault("_layout_maps", {})
+    if cache.get("size") != len(strategy.layouts):
+        cache.clear()
+        cache["size"] = len(strategy.layouts)
+        cache["counts"] = sorted({math.prod(raw.dev_matrix_messages()[0]) for _, raw in strategy.layouts
+                                  if raw.dev_matrix_messages()})
+    # With a rank, only whether it is in the first stage under each device count matters (see below).
+    key = None if rank_id is None else tuple(_floordiv(rank_id, n) == 0 for n in cache["counts"])
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = _layout_map(strategy, rank_id)
+    return dict(found)
+
+
+def _layout_map(strategy: StrategyFile, rank_id: int | None) -> dict[str, ParamLayout]:
     # A file may repeat a name; MindSpore first builds a dict, so the first position and the last value count.
     entries: dict[str, RawLayout] = {}
     for name, raw in strategy.layouts:
