@@ -73,8 +73,10 @@ class JobLock:
             return False  # released meanwhile: try to create it again
         try:
             info = self._read(fd)
-            if info is None:  # being created right now, or an empty leftover: look again shortly
-                time.sleep(0.05)
+            for _ in range(20):  # being created right now, or an empty leftover: look again shortly
+                if info is not None:
+                    break
+                time.sleep(0.005)
                 info = self._read(fd)
             if info is not None and info.get("job") == self.job_id:
                 return True

@@ -6,14 +6,17 @@ reads, as a table the schedule consumes. The rules, in order:
 
 1. a writer that can see a candidate file reads it itself (no network);
 2. a region several writers need (replicated targets) is read once per shared disk: a later writer that
-   sees the *same* file (same host, device and inode) as the first reader receives it from that reader;
+   sees the *same* file (same host, device and inode) as the first reader receives it from that reader.
+   "First" counts from a writer chosen by the region's first candidate (`_rotation`), so the reads of a
+   replicated tensor, whose regions come from many source files, spread over its writers;
 3. otherwise the region goes to the least-loaded process that sees a candidate (spreading reads over
    data-parallel replicas and hosts), and every writer that needs it receives it from that reader.
 
 Regions are grouped by identity (tensor, source box, candidates): the processes that want one region
-are decided together (`assign_region`), in target order, so the outcome does not depend on which process
-computes it. In a job each region identity is decided by one "owner" process that all wanting writers
-ask (see `job.exchange`); `assign_readers` decides every region of a set of plans in one process.
+are decided together (`assign_region`), in target order rotated as rule 2 says, so the outcome does
+not depend on which process computes it. In a job each region identity is decided by one "owner"
+process that all wanting writers ask, or by each writer alone where it can name them all (see
+`job.exchange`); `assign_readers` decides every region of a set of plans in one process.
 """
 
 from __future__ import annotations
@@ -74,19 +77,35 @@ def region_key(name: str, region: Region) -> RegionKey:
     return (name, region.src_box, region.candidates)
 
 
+def _rotation(candidates: tuple[int, ...], n: int) -> int:
+    """Where in the writers' target order deciding starts: spread by source file, so regions read from
+    different files (a replicated tensor's optimizer shards) are read by different writers."""
+    return candidates[0] % n if candidates and n > 1 else 0
+
+
+def _decide(chooser: _Chooser, name: str, region: Region, writers: Sequence[int]) -> list[tuple[int, int]]:
+    """`chooser`'s answer for each writer (in the order given), the writers taken from `_rotation` on."""
+    n = len(writers)
+    out: list[tuple[int, int]] = [(0, 0)] * n
+    start = _rotation(region.candidates, n)
+    for i in range(n):
+        j = (start + i) % n
+        out[j] = chooser.choose(writers[j], name, region)
+    return out
+
+
 def assign_region(chooser: _Chooser, key: RegionKey, dst_box: tuple, writers: Sequence[int]) -> list[tuple[int, int]]:
     """(reader, source rank) for each wanting writer, in the order given (target order)."""
     name, src_box, candidates = key
-    region = Region(dst_box, src_box, candidates)
-    return [chooser.choose(w, name, region) for w in writers]
+    return _decide(chooser, name, Region(dst_box, src_box, candidates), writers)
 
 
 class Alone:
     """The choices for a region every writer can work out by itself: the writers wanting it are known
-    (the processes of the targets holding the same box, in target order) and the first of them sees a
-    candidate, so rules 1 and 2 decide them all and no load count is involved. The outcome equals what
-    the region's owner would decide; it depends only on (candidates, writers), so it is computed once per
-    such pair."""
+    (the processes of the targets holding the same box, in target order) and the first of them in
+    deciding order (`_rotation`) sees a candidate, so rules 1 and 2 decide them all and no load count is
+    involved. The outcome equals what the region's owner would decide; it depends only on (candidates,
+    writers), so it is computed once per such pair."""
 
     def __init__(self, seers: Mapping[int, Sequence[int]], file_ids: FileIds | None = None) -> None:
         self.seers = seers
@@ -101,12 +120,10 @@ class Alone:
         found = self._seen.get(key)
         if found is not None:
             return found[1]
-        first = writers[0]
+        first = writers[_rotation(candidates, len(writers))]
         out = None
         if any(first in self.seers.get(g, ()) for g in candidates):
-            chooser = _Chooser(self.seers, self.file_ids)
-            region = Region((), (), candidates)
-            out = [chooser.choose(w, "", region) for w in writers]
+            out = _decide(_Chooser(self.seers, self.file_ids), "", Region((), (), candidates), writers)
         self._seen[key] = (writers, out)
         return out
 
