@@ -98,22 +98,18 @@ def _unframe(data: bytes, count: int) -> list[bytes | None]:
 
 
 def broadcast_strategies(t: Transport, src_strategy: str | None, dst_strategy: str | None) -> tuple:
-    """Read on rank 0 only (a per-stage directory is merged there), broadcast as raw bytes: the bytes and
-    every process's parsed strategies. Rank 0 keeps the ones it read (their byte form decodes to equal
-    objects, `strategy.to_bytes`), the others parse what arrived."""
-    loaded: list[StrategyFile | None] = []
-
-    def load() -> bytes:
+    """Read on rank 0 only (a per-stage directory is merged there) and broadcast as raw bytes, then parsed
+    by every process at once (a file's bytes as they are: the parse is not paid twice in a row). Returns
+    both payloads (the job's identity) and the parsed strategies."""
+    def read() -> bytes:
         if t.rank != 0:
             return b""
-        loaded.extend(strategy.load(p) if p else None for p in (src_strategy, dst_strategy))
-        return _frame([strategy.to_bytes(s) if s is not None else None for s in loaded])
+        return _frame([strategy.load_payload(p) if p else None for p in (src_strategy, dst_strategy)])
 
-    payload = agree(t, load)
+    payload = agree(t, read)
     src_bytes, dst_bytes = _unframe(t.bcast_bytes(payload if t.rank == 0 else None), 2)
-    if not loaded:
-        loaded = [strategy.from_bytes(b) if b else None for b in (src_bytes, dst_bytes)]
-    return src_bytes, dst_bytes, loaded
+    parsed = agree(t, lambda: [strategy.load_from_payload(b) if b else None for b in (src_bytes, dst_bytes)])
+    return src_bytes, dst_bytes, parsed
 
 
 @dataclass

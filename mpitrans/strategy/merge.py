@@ -26,6 +26,8 @@ from mpitrans.strategy.codec import (
     parse_strategy_bytes,
     read_strategy,
     read_strategy_bytes,
+    strategy_from_bytes,
+    strategy_to_bytes,
     write_strategy,
 )
 from mpitrans.strategy.model import StrategyFile
@@ -121,6 +123,33 @@ def load_strategy(path_or_dir: str | os.PathLike[str]) -> StrategyFile:
         strategy = merge_stage_files(list_stage_files(path), source=path)
     else:
         strategy = read_strategy(path)
+    check_bounds(strategy)
+    return strategy
+
+
+_FILE, _MERGED = b"F", b"M"
+
+
+def load_payload(path_or_dir: str | os.PathLike[str]) -> bytes:
+    """What one process sends the others for `path_or_dir` (`load_from_payload` turns it into what
+    `load_strategy` returns): a file's own bytes, which every process then parses at the same time, or
+    a directory's stage files merged here and encoded (`strategy_to_bytes`)."""
+    path = os.fspath(path_or_dir)
+    if os.path.isdir(path):
+        return _MERGED + strategy_to_bytes(load_strategy(path))
+    name = path.encode("utf-8", "surrogateescape")
+    return _FILE + len(name).to_bytes(4, "little") + name + read_strategy_bytes(path)
+
+
+def load_from_payload(data: bytes) -> StrategyFile:
+    """The strategy a `load_payload` stands for, checked as `load_strategy` checks it."""
+    if data[:1] == _MERGED:
+        return strategy_from_bytes(data[1:])
+    if data[:1] != _FILE or len(data) < 5:
+        raise StrategyError("strategy payload does not come from load_payload")
+    n = int.from_bytes(data[1:5], "little")
+    path = data[5:5 + n].decode("utf-8", "surrogateescape")
+    strategy = parse_strategy_bytes(data[5 + n:], path, is_json_path(path))
     check_bounds(strategy)
     return strategy
 
