@@ -56,7 +56,8 @@ def test_payload_loads_what_load_strategy_loads(tmp_path):
     """The job reads a strategy on one process and parses it on all (`load_payload`): a protobuf file, a
     JSON file and a directory of stage files give exactly `load_strategy`'s result, source name included."""
     pb = write_strategy_file(tmp_path / "s.ckpt", stage_params(1)[0])
-    js = write_strategy_file(tmp_path / "s.json", stage_params(1)[0], fmt="json")
+    flat = {n: p for n, p in stage_params(1)[0].items() if "multi" not in n}  # JSON holds flat maps only
+    js = write_strategy_file(tmp_path / "s.json", flat, fmt="json")
     stages = tmp_path / "stages"
     write_pipeline_stage_files(stages, stage_params(2))
     for path in (pb, js, str(stages)):
