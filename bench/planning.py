@@ -34,8 +34,9 @@ from pathlib import Path
 import mpitrans.strategy
 from bench.layouts import ModelDims, Side
 from mpitrans.fixtures.models import ModelParam, llama_params
+from mpitrans.job.exchange import decide_readers
+from mpitrans.job.transport import LocalTransport
 from mpitrans.metadata import TensorMeta
-from mpitrans.plan.assign import assign_region, new_chooser, region_key
 from mpitrans.plan.consistency import check_sources
 from mpitrans.plan.coverage import needed_sources
 from mpitrans.plan.layout import box_shape, device_box, flatten_layout
@@ -142,31 +143,28 @@ def run_case(case: Case) -> dict:
 def one_rank(src: StrategyFile, dst: StrategyFile, metas: dict[int, list[TensorMeta]]) -> tuple[float, float]:
     """(one process's whole preparation in a job of one process per target, rank 0's strategy handling).
 
-    The process: parses both strategies from the broadcast bytes, builds its planner, takes MindSpore's
-    rank list of its target, plans it, encodes its requests to the region owners (JSON, as `job.exchange`
-    sends them), and decides, as an owner, as many regions as its target has (its share of the exchange
-    when regions spread evenly over the owners). Rank 0: reads both strategy files and encodes them for the
-    broadcast."""
+    The process: parses both strategies from the broadcast payloads (`strategy.load_from_payload`), builds
+    its planner, takes MindSpore's rank list of its target, plans it, and decides its regions' readers
+    with the job's own `decide_readers` (each source file seen by one process, no shared disk): regions
+    whose wanting writers it can name are decided alone, the rest go through their owner (this process,
+    in a one-process transport: its share when regions spread evenly over the owners). Rank 0: reads both
+    strategy files into their payloads."""
     with tempfile.TemporaryDirectory() as tmp:
         paths = [os.path.join(tmp, f"{n}.ckpt") for n in ("src", "dst")]
         write_strategy(src, paths[0])
         write_strategy(dst, paths[1])
         t0 = time.perf_counter()
-        blobs = [mpitrans.strategy.to_bytes(mpitrans.strategy.load(p)) for p in paths]
+        blobs = [mpitrans.strategy.load_payload(p) for p in paths]
         rank0 = time.perf_counter() - t0
     t0 = time.perf_counter()
-    s, d = (mpitrans.strategy.from_bytes(b) for b in blobs)
+    s, d = (mpitrans.strategy.load_from_payload(b) for b in blobs)
     planner = Planner(s, d, metas)
-    target = planner.target_ranks()[-1]
+    targets = planner.target_ranks()
+    target = targets[-1]
     planner.rank_list(target)
     plan = planner.plan(target)
-    wants = [[x.name, r.src_box, r.candidates, r.dst_box, target, ki, ri]
-             for ki, x in enumerate(plan.tensors) for ri, r in enumerate(x.regions)]
-    json.loads(json.dumps(wants))
-    chooser = new_chooser({g: [g % 512] for g in metas})
-    for x in plan.tensors:
-        for r in x.regions:
-            assign_region(chooser, region_key(x.name, r), r.dst_box, [0])
+    where = {tr: tr % 512 for tr in targets}
+    decide_readers(LocalTransport(), {target: plan}, {g: [g % 512] for g in metas}, {}, where)
     return time.perf_counter() - t0, rank0
 
 

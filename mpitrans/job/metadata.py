@@ -19,6 +19,7 @@ from mpitrans.job.agree import agree
 from mpitrans.job.inventory import Inventory
 from mpitrans.job.transport import Transport
 from mpitrans.metadata import TensorMeta
+from mpitrans.storage.base import SourceReader
 from mpitrans.storage.ckpt.crypto import CkptReading
 from mpitrans.storage.formats import open_source
 
@@ -77,6 +78,16 @@ class SourceMetadata:
         return {g: self.blobs[self.hashes[g]] for g in files if self.hashes.get(g) in self.blobs}
 
 
+def _twin(indexed: list, path: str) -> SourceReader | None:
+    """`path` opened with the index of a structural twin among `indexed` (readers that can tell), if any."""
+    for reader in indexed:
+        twin = getattr(reader, "twin", None)
+        found = twin(path) if twin is not None else None
+        if found is not None:
+            return found
+    return None
+
+
 def index_sources(t: Transport, inv: Inventory, to_index: list[int],
                   reading: CkptReading | None = None) -> SourceMetadata:
     """Collective: index `to_index` (each file once, by one of its seers) and share the file -> hash map.
@@ -86,10 +97,16 @@ def index_sources(t: Transport, inv: Inventory, to_index: list[int],
     def index_mine() -> tuple[dict[str, str], dict[str, bytes]]:
         hashes: dict[str, str] = {}
         blobs: dict[str, bytes] = {}
+        indexed: list = []  # readers of files indexed here: a later file may be a structural twin of one
         for g in to_index:
             if indexer[g] != t.rank:
                 continue
-            reader = open_source(inv.paths[t.rank][g], reading=reading)
+            path = inv.paths[t.rank][g]
+            reader = _twin(indexed, path)
+            if reader is None:
+                reader = open_source(path, reading=reading)
+                if len(indexed) < 8:
+                    indexed.append(reader)
             try:
                 blob = reader.export_index()
             finally:

@@ -73,6 +73,31 @@ def _parsed_or_fail(path: str, data: bytes) -> _Parsed:
         raise CheckpointFormatError(f"{path}: damaged index received from a peer ({exc})") from None
 
 
+# Files up to this size, holding many small tensors (where parsing records costs more than reading the
+# file), are compared whole to find structural twins.
+TWIN_BYTES = 64 << 20
+TWIN_BYTES_PER_TENSOR = 16 << 10
+
+
+def _read_whole(path: str, size: int) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise OSError(f"{path} changed size")
+    return data
+
+
+def _non_content(data: bytes, parsed: _Parsed) -> bytes:
+    """The bytes outside every tensor's content records, joined in file order."""
+    view = memoryview(data)
+    parts, pos = [], 0
+    for offset, nbytes in sorted((r.offset, r.nbytes) for _, _, records in parsed.specs.values() for r in records):
+        parts.append(view[pos:offset])
+        pos = offset + nbytes
+    parts.append(view[pos:])
+    return b"".join(parts)
+
+
 class CkptSource:
     """Indexed on open (headers only) unless handed an exported index; the file is opened on the first
     read, so a process that only plans with the index need not see the file at all. A handed-over export
@@ -94,6 +119,7 @@ class CkptSource:
         self._blob = index
         self._parsed = _parsed_or_fail(path, index)
         self._entries: dict[str, TensorEntry] = {}
+        self._headers: bytes | None = None  # every non-content byte, once `twin` was asked
         self._fd = -1
 
     @property
@@ -104,6 +130,30 @@ class CkptSource:
 
     def tensors(self) -> list[TensorMeta]:
         return list(self._parsed.metas)
+
+    def twin(self, path: str) -> CkptSource | None:
+        """`path` opened with this file's index when it is a structural twin of this file, else None.
+
+        Data-parallel replicas and optimizer shards of one layout class are laid out byte for byte alike
+        except for tensor contents, and an index depends on the other bytes only (records are found by
+        their headers, contents skipped by length). So a file of the same size whose every non-content
+        byte (headers, and the CRC trailer if any) equals this file's has this file's index: one read
+        and a comparison instead of parsing thousands of records. Small plain files only (the whole file
+        is read); with `--crc-check`, or an encrypted file, the caller indexes it as usual."""
+        size = self._parsed.size
+        if (self.reading.crc_check or self.reading.key is not None or size > TWIN_BYTES
+                or size > TWIN_BYTES_PER_TENSOR * max(len(self._parsed.specs), 1)):
+            return None
+        try:
+            if os.path.getsize(path) != self._parsed.size:
+                return None
+            if self._headers is None:
+                self._headers = _non_content(_read_whole(self.path, self._parsed.size), self._parsed)
+            if _non_content(_read_whole(path, self._parsed.size), self._parsed) != self._headers:
+                return None
+        except OSError:
+            return None
+        return CkptSource(path, self._blob, self.reading)
 
     def export_index(self) -> bytes:
         return self._blob
