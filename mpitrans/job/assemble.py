@@ -26,11 +26,27 @@ def _flat_offset(box: Box, shape: tuple[int, ...]) -> int:
     return off
 
 
+_RUNS: dict[tuple, int] = {}  # (in_block, block_shape) -> element offset of the run in its block, or -1
+
+
+def _run_start(in_block: Box, shape: tuple[int, ...]) -> int:
+    """`_flat_offset` of a box that is one run of its block, else -1; pieces of one layout class repeat
+    the same few (box, block) pairs, so each is worked out once."""
+    key = (in_block, shape)
+    found = _RUNS.get(key)
+    if found is None:
+        if len(_RUNS) > 1 << 16:
+            _RUNS.clear()
+        found = _RUNS[key] = _flat_offset(in_block, shape) if _is_contiguous_sub_box(in_block, shape) else -1
+    return found
+
+
 def target_view(buf: memoryview | bytearray, piece: Piece) -> memoryview | None:
     """Where the piece lands in the chunk, when that is one run (so it can be read straight into it)."""
-    if not _is_contiguous_sub_box(piece.in_block, piece.block_shape):
+    start = _run_start(piece.in_block, piece.block_shape)
+    if start < 0:
         return None
-    start = piece.block_offset + _flat_offset(piece.in_block, piece.block_shape) * piece.itemsize
+    start = piece.block_offset + start * piece.itemsize
     return memoryview(buf)[start:start + piece.nbytes]
 
 

@@ -123,10 +123,27 @@ def read_box_into(fd: int, entry: TensorEntry, box: Sequence[tuple[int, int]], o
         _Gather(fd, entry, plan, view).level(0, plan.base, 0)
 
 
+_SPANS: dict[tuple, tuple[int, int] | None] = {}  # (shape, itemsize, box) -> `_contiguous_span`; tensors
+# of one layout class ask for the same boxes of the same shapes, thousands of times in a metadata-heavy job
+
+
 def _contiguous_span(entry: TensorEntry, box: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
     """(byte offset in the tensor, byte count) when `box` is one contiguous run of it, else None: after the
     leading dims the box takes one index of, at most one dim is partial and every later one is whole."""
-    shape = entry.shape
+    key = (entry.shape, entry.itemsize, box)
+    try:
+        return _SPANS[key]
+    except KeyError:
+        pass
+    except TypeError:  # a box given as lists
+        return _span_of(entry.shape, entry.itemsize, box)
+    if len(_SPANS) > 1 << 16:
+        _SPANS.clear()
+    found = _SPANS[key] = _span_of(entry.shape, entry.itemsize, box)
+    return found
+
+
+def _span_of(shape: tuple[int, ...], itemsize: int, box: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
     if len(box) != len(shape):
         return None
     k = 0
@@ -139,7 +156,7 @@ def _contiguous_span(entry: TensorEntry, box: Sequence[tuple[int, int]]) -> tupl
             return None
         offset = offset * dim + a
         count *= b - a
-    return offset * entry.itemsize, count * entry.itemsize
+    return offset * itemsize, count * itemsize
 
 
 class _Gather:
