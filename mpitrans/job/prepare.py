@@ -98,9 +98,9 @@ def _unframe(data: bytes, count: int) -> list[bytes | None]:
 
 
 def broadcast_strategies(t: Transport, src_strategy: str | None, dst_strategy: str | None) -> tuple:
-    """Read on rank 0 only (a per-stage directory is merged there) and broadcast as raw bytes, then parsed
-    by every process at once (a file's bytes as they are: the parse is not paid twice in a row). Returns
-    both payloads (the job's identity) and the parsed strategies."""
+    """Read on rank 0 only and broadcast as raw bytes (a file's own bytes; a per-stage directory's files),
+    then parsed (and merged) by every process at once, so no parse waits for another. Returns both
+    payloads (the job's identity) and the parsed strategies."""
     def read() -> bytes:
         if t.rank != 0:
             return b""

@@ -16,8 +16,9 @@ directory the same way so that on the same file system both tools see the same o
 from __future__ import annotations
 
 import glob
+import marshal
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mpitrans.errors import StrategyError
 from mpitrans.strategy.bounds import check_bounds
@@ -26,8 +27,6 @@ from mpitrans.strategy.codec import (
     parse_strategy_bytes,
     read_strategy,
     read_strategy_bytes,
-    strategy_from_bytes,
-    strategy_to_bytes,
     write_strategy,
 )
 from mpitrans.strategy.model import StrategyFile
@@ -67,7 +66,8 @@ def list_stage_files(directory: str, ignore: Iterable[str] = ()) -> list[str]:
     return found
 
 
-def merge_stage_files(paths: Iterable[str], source: str | None = None) -> StrategyFile:
+def merge_stage_files(paths: Iterable[str], source: str | None = None,
+                      read: Callable[[str], bytes] = read_strategy_bytes) -> StrategyFile:
     """Merge per-stage strategy files in the given order, exactly as MindSpore's merge does.
 
     Protobuf files byte-identical to an earlier one are skipped unread; a file whose stage (the stage of its
@@ -87,7 +87,7 @@ def merge_stage_files(paths: Iterable[str], source: str | None = None) -> Strate
     seen_bytes: set[bytes] = set()
     merged_stages: list[int] = []
     for path in paths:
-        data = read_strategy_bytes(path)
+        data = read(path)
         if not as_json:
             if data in seen_bytes:
                 continue
@@ -127,29 +127,36 @@ def load_strategy(path_or_dir: str | os.PathLike[str]) -> StrategyFile:
     return strategy
 
 
-_FILE, _MERGED = b"F", b"M"
+_FILE, _STAGES = b"F", b"S"
 
 
 def load_payload(path_or_dir: str | os.PathLike[str]) -> bytes:
     """What one process sends the others for `path_or_dir` (`load_from_payload` turns it into what
-    `load_strategy` returns): a file's own bytes, which every process then parses at the same time, or
-    a directory's stage files merged here and encoded (`strategy_to_bytes`)."""
+    `load_strategy` returns): the file's own bytes, or a directory's stage files with their names, which
+    every process then parses (and merges) at the same time."""
     path = os.fspath(path_or_dir)
     if os.path.isdir(path):
-        return _MERGED + strategy_to_bytes(load_strategy(path))
+        files = [(p, read_strategy_bytes(p)) for p in list_stage_files(path)]
+        return _STAGES + marshal.dumps((path, files))
     name = path.encode("utf-8", "surrogateescape")
     return _FILE + len(name).to_bytes(4, "little") + name + read_strategy_bytes(path)
 
 
 def load_from_payload(data: bytes) -> StrategyFile:
     """The strategy a `load_payload` stands for, checked as `load_strategy` checks it."""
-    if data[:1] == _MERGED:
-        return strategy_from_bytes(data[1:])
-    if data[:1] != _FILE or len(data) < 5:
+    if data[:1] == _STAGES:
+        try:
+            source, files = marshal.loads(data[1:])
+        except (ValueError, EOFError, TypeError):
+            raise StrategyError("strategy payload is damaged") from None
+        contents = dict(files)
+        strategy = merge_stage_files([p for p, _ in files], source=source, read=contents.__getitem__)
+    elif data[:1] == _FILE and len(data) >= 5:
+        n = int.from_bytes(data[1:5], "little")
+        path = data[5:5 + n].decode("utf-8", "surrogateescape")
+        strategy = parse_strategy_bytes(data[5 + n:], path, is_json_path(path))
+    else:
         raise StrategyError("strategy payload does not come from load_payload")
-    n = int.from_bytes(data[1:5], "little")
-    path = data[5:5 + n].decode("utf-8", "surrogateescape")
-    strategy = parse_strategy_bytes(data[5 + n:], path, is_json_path(path))
     check_bounds(strategy)
     return strategy
 
