@@ -220,10 +220,12 @@ def document(rows: list[str], args: argparse.Namespace, model: ModelDims, params
         f"the target ranks, the first included. `needed_sources` is MindSpore's rank list for every target "
         f"(the files a job indexes), `check_sources` the consistency checks over every source file's metadata "
         f"(files of one stage share one list). 'one rank's preparation' is one process of a job with one "
-        f"process per target: parse both strategies from the broadcast bytes, build its planner, take its "
-        f"target's rank list, plan it, encode its requests to the region owners and decide its share of "
-        f"regions as an owner (`one_rank`); 'rank 0 strategies' reads both strategy files and encodes them "
-        f"for the broadcast. Peak RSS is the case process's.", "",
+        f"process per target (no shared disk: each source file seen by one process): parse both strategies "
+        f"from the broadcast payloads, build its planner, take its target's rank list, plan it, and decide "
+        f"its regions' readers with the job's `decide_readers` (alone where it can name every wanting "
+        f"writer, else as the regions' owner, its share when they spread evenly) (`one_rank`); "
+        f"'rank 0 strategies' reads both strategy files into the broadcast payloads (every process then "
+        f"parses them at once). Peak RSS is the case process's.", "",
         HEADER, "|" + "---|" * COLUMNS, *rows, ""])
 
 
