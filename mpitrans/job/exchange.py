@@ -3,13 +3,16 @@
 No process sees every plan. Instead, as torch.distributed.checkpoint's local plan -> global plan ->
 final plan round does:
 
-1. every writer sends each region its targets need to that region's *owner* (a process chosen by a hash
-   of the region's identity: tensor, source box, candidate files);
+0. a writer that can name every writer wanting a region (the processes of the targets holding the same
+   box, `OutTensor.holders`) and whose first deciding writer sees a candidate decides it alone, exactly
+   as the owner would (`plan.assign.Alone`): most regions never travel;
+1. every writer sends each other region its targets need to that region's *owner* (a process chosen by a
+   hash of the region's identity: tensor, source box, candidate files);
 2. each owner decides, for all writers wanting that region together and in target order, who reads it
    (`plan.assign`: own host first, read once per shared disk, else the least-loaded process that sees a
    candidate), and answers each writer;
 3. every writer cuts its targets into chunks (`plan.schedule`) and tells each reader which pieces to read
-   for it in which round.
+   for it in which round, each region once per round however many of its targets hold it.
 
 Each process's share is proportional to what it writes plus the regions it owns. Requests are plain
 tuples of ints and strings, encoded with `marshal` (they never hold tensor data, and only peers of the same
