@@ -67,8 +67,9 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     chunk_bytes = chunk_size(opts.max_buffer, t.size)
     moves = job.moves(job.plans, where)
     chunks = my_chunks(t, moves, chunk_bytes)
-    asks = exchange_asks(t, chunks)
-    me, targets = _count(t.rank, job.plans, lambda tr: opts.relpath(tr, job.stems[tr]), chunks, asks)
+    remote = [remote_pieces(c, t.rank) for c in chunks]
+    asks = exchange_asks(t, remote)
+    me, targets = _count(t.rank, job.plans, lambda tr: opts.relpath(tr, job.stems[tr]), chunks, remote, asks)
     rounds = max((len(s) for s in round_sizes(t, chunks)), default=0)
     procs, all_targets = [], {}
     for blob in t.allgather_bytes(json.dumps([asdict(me), targets]).encode()):
@@ -79,7 +80,8 @@ def plan_report(opts: JobOptions, t: Transport, placement: Placement | None = No
     return PlanReport(opts.dst_checkpoint, dict(sorted(all_targets.items())), procs, rounds, messages, chunk_bytes)
 
 
-def _count(rank: int, plans: dict, relpath: Callable[[int], str], chunks: list, asks: dict) -> tuple[ProcessPlan, dict]:
+def _count(rank: int, plans: dict, relpath: Callable[[int], str], chunks: list, remote: list,
+           asks: dict) -> tuple[ProcessPlan, dict]:
     """This process's traffic, counted as the rounds would move it (a region wanted twice in one round is
     read once)."""
     me = ProcessPlan(rank)
@@ -98,7 +100,7 @@ def _count(rank: int, plans: dict, relpath: Callable[[int], str], chunks: list, 
             if p.reader == rank and (p.src_rank, p.tensor, p.src_box) not in read:
                 read.add((p.src_rank, p.tensor, p.src_box))
                 me.bytes_read += p.nbytes
-        for wanted in remote_pieces(own, rank).values() if own is not None else ():
+        for wanted in remote[k].values() if own is not None else ():
             me.bytes_received += sum(ask.nbytes for ask, _ in wanted)
         for pieces in asks.get(k, {}).values():
             me.messages += 1

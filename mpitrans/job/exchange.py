@@ -126,12 +126,16 @@ def remote_pieces(chunk: Chunk, me: int) -> dict[int, list[tuple[Ask, list[Piece
     return {r: list(by_key.values()) for r, by_key in sorted(out.items())}
 
 
-def exchange_asks(t: Transport, chunks: Sequence[Chunk]) -> dict[int, dict[int, list[Ask]]]:
-    """Collective: tell every reader what to supply for this process's chunks; returns what this process
-    must supply: round -> writer -> pieces, in the order the writer unpacks them."""
+Remote = dict[int, list[tuple[Ask, list[Piece]]]]  # `remote_pieces` of one chunk
+
+
+def exchange_asks(t: Transport, remote: Sequence[Remote]) -> dict[int, dict[int, list[Ask]]]:
+    """Collective: tell every reader what to supply for this process's chunks (`remote`: each chunk's
+    `remote_pieces`); returns what this process must supply: round -> writer -> pieces, in the order the
+    writer unpacks them."""
     asks: list[list] = [[] for _ in range(t.size)]
-    for k, chunk in enumerate(chunks):
-        for reader, wanted in remote_pieces(chunk, t.rank).items():
+    for k, by_reader in enumerate(remote):
+        for reader, wanted in by_reader.items():
             asks[reader].extend((k, *ask) for ask, _ in wanted)
     out: dict[int, dict[int, list[Ask]]] = defaultdict(lambda: defaultdict(list))
     for writer, blob in enumerate(t.alltoall_bytes([marshal.dumps(a) for a in asks])):

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mpitrans.job.assemble import scatter, target_view
-from mpitrans.job.exchange import Ask, decide_readers, exchange_asks, remote_pieces, round_sizes
+from mpitrans.job.exchange import Ask, Remote, decide_readers, exchange_asks, remote_pieces, round_sizes
 from mpitrans.job.faults import fault_point, round_delay
 from mpitrans.job.metadata import SourceMetadata
 from mpitrans.job.progress import Progress
@@ -67,10 +67,13 @@ class Rounds:
     sink: ChunkSink | None
     stats: RankStats
     progress: Progress | None = None
+    remote: list[Remote] = field(default_factory=list, init=False)  # per chunk, set by `run`
 
     def run(self) -> None:
         clock = time.perf_counter()
-        asks = exchange_asks(self.t, self.chunks)
+        # Each chunk's pieces other processes read, grouped once: the asks and the receive buffers agree.
+        self.remote = [remote_pieces(c, self.t.rank) for c in self.chunks]
+        asks = exchange_asks(self.t, self.remote)
         reading = {p.src_rank for c in self.chunks for p in c.pieces if p.reader == self.t.rank}
         reading |= {a.src_rank for by_writer in asks.values() for pieces in by_writer.values() for a in pieces}
         self.files.prefetch(reading)
@@ -81,7 +84,7 @@ class Rounds:
         clock = self.stats.lap("exchange", clock)
         for k in range(rounds):
             own = self.chunks[k] if k < len(self.chunks) else None
-            self._round(own, asks.get(k, {}))
+            self._round(own, self.remote[k] if own is not None else {}, asks.get(k, {}))
             if self.progress is not None:
                 self.progress.update(sum(sum(s[:k + 1]) for s in sizes))
             round_delay()
@@ -89,9 +92,9 @@ class Rounds:
             self.progress.update(sum(sum(s) for s in sizes), final=True)
         self.stats.lap("bytes", clock)
 
-    def _round(self, own: Chunk | None, serve: Mapping[int, list[Ask]]) -> None:
+    def _round(self, own: Chunk | None, remote: Remote, serve: Mapping[int, list[Ask]]) -> None:
         buf = self.sink.take_buffer(own.nbytes) if own is not None and self.sink is not None else None
-        recvs, incoming = self._expect(own)
+        recvs, incoming = self._expect(remote)
         got: dict[tuple, memoryview] = {}
         if own is not None:
             self._read_own(own, buf, got)
@@ -105,13 +108,11 @@ class Rounds:
                 raise self.sink.error
             self.sink.queue.put((own, buf))
 
-    def _expect(self, own: Chunk | None) -> tuple[list, list]:
+    def _expect(self, remote: Remote) -> tuple[list, list]:
         """Receive buffers for the pieces other processes read for this one's chunk, one per reader, each
-        region once however many of the chunk's pieces it fills (`remote_pieces`)."""
+        region once however many of the chunk's pieces it fills (`remote`: its `remote_pieces`)."""
         recvs, incoming = [], []
-        if own is None:
-            return recvs, incoming
-        for r, wanted in remote_pieces(own, self.t.rank).items():
+        for r, wanted in remote.items():
             staging = bytearray(sum(ask.nbytes for ask, _ in wanted))
             recvs.append((r, memoryview(staging)))
             incoming.append((staging, wanted))

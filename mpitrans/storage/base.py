@@ -26,6 +26,41 @@ from mpitrans.metadata import TensorMeta
 
 Box = tuple[tuple[int, int], ...]
 
+_RUNS: dict[tuple, tuple[int, int] | None] = {}  # (box, shape) -> `contiguous_run`'s answer
+
+
+def contiguous_run(box: Sequence[tuple[int, int]], shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(element offset, element count) when `box` is one C-contiguous run of an array of `shape`, else None
+    (also for a box outside the array): after the leading dims it takes one index of, at most one dim is
+    partial and every later one is whole. Tensors of one layout class ask about the same few (box, shape)
+    pairs thousands of times in a metadata-heavy job, so each answer is kept."""
+    try:
+        return _RUNS[(box, shape)]
+    except KeyError:
+        pass
+    except TypeError:  # a box given as lists: not kept
+        return _run_of(box, shape)
+    if len(_RUNS) > 1 << 16:
+        _RUNS.clear()
+    found = _RUNS[(box, shape)] = _run_of(box, shape)
+    return found
+
+
+def _run_of(box: Sequence[tuple[int, int]], shape: tuple[int, ...]) -> tuple[int, int] | None:
+    if len(box) != len(shape):
+        return None
+    k = 0
+    while k < len(shape) - 1 and box[k][1] - box[k][0] == 1:
+        k += 1
+    offset = 0
+    count = 1
+    for j, ((a, b), dim) in enumerate(zip(box, shape, strict=True)):
+        if not 0 <= a <= b <= dim or (j > k and (a, b) != (0, dim)):
+            return None
+        offset = offset * dim + a
+        count *= b - a
+    return offset, count
+
 
 class Published(NamedTuple):
     path: str

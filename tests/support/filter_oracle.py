@@ -8,23 +8,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.oracle import PREFIX, QUIET_ENV, REPO
+from tests.support.oracle import PREFIX, run_oracle_module
 
 
 def expected_filtered(src_dir: Path, work: Path, drop: set[str], src: str | None, dst: str | None) -> Path:
     """Build MindSpore's output for `src_dir` without the parameters `drop`; returns its directory."""
     work.mkdir(parents=True, exist_ok=True)
-    job = work / "filter_job.json"
-    job.write_text(json.dumps({"src_dir": str(src_dir), "work": str(work), "drop": sorted(drop),
-                               "src": src, "dst": dst}))
-    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-m", "tests.support.filter_oracle", str(job)], check=True, env=env,
-                   cwd=REPO, timeout=600)
+    run_oracle_module("tests.support.filter_oracle", work / "filter_job.json",
+                      {"src_dir": str(src_dir), "work": str(work), "drop": sorted(drop), "src": src, "dst": dst})
     return work / "expected"
 
 

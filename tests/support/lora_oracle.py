@@ -17,13 +17,11 @@ source strategy) to the destination strategy. Run as a subprocess (it imports mi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from tests.support.layouts import ParamSpec
-from tests.support.oracle import PREFIX, QUIET_ENV, REPO
+from tests.support.oracle import PREFIX, run_oracle_module
 
 OUT, IN, RANK = 16, 24, 4
 
@@ -44,11 +42,7 @@ def lora_model() -> tuple[ParamSpec, ...]:
 def expected_merged(jobs: list[dict], work: Path) -> None:
     """Run the oracle for each job: `work/expected` of each holds MindFormers' answer."""
     work.mkdir(parents=True, exist_ok=True)
-    job_file = work / "lora_jobs.json"
-    job_file.write_text(json.dumps(jobs))
-    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-m", "tests.support.lora_oracle", str(job_file)], check=True, env=env,
-                   cwd=REPO, timeout=600)
+    run_oracle_module("tests.support.lora_oracle", work / "lora_jobs.json", jobs)
 
 
 def _product(ms, b, a, ordered: bool):

@@ -543,6 +543,14 @@ def _worker(job_file: str) -> int:
     return 1 if failures else 0
 
 
+def run_oracle_module(module: str, job_file: Path, job: object, timeout: float = 600) -> None:
+    """Write `job` as JSON to `job_file` and run `python -m module job_file` (a MindSpore oracle) quietly,
+    with this repository importable; a failure raises."""
+    job_file.write_text(json.dumps(job))
+    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-m", module, str(job_file)], check=True, env=env, cwd=REPO, timeout=timeout)
+
+
 def _run_workers(chunks: list[list[dict]], timeout: float) -> None:
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, **QUIET_ENV, "PYTHONPATH": path}

@@ -14,24 +14,19 @@ imports mindspore):
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.oracle import PREFIX, QUIET_ENV, REPO
+from tests.support.oracle import PREFIX, run_oracle_module
 
 
 def build_parts(src_dir: Path, stage_dir: Path, work: Path, mid: str, dst: str | None) -> tuple[Path, Path]:
     """(the `_part` folder, MindSpore's transform of its merged form); see the module docstring."""
     work.mkdir(parents=True, exist_ok=True)
-    job = work / "parts_job.json"
-    job.write_text(json.dumps({"src_dir": str(src_dir), "stage_dir": str(stage_dir), "work": str(work),
-                               "mid": mid, "dst": dst}))
-    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-m", "tests.support.parts_oracle", str(job)], check=True, env=env,
-                   cwd=REPO, timeout=600)
+    run_oracle_module("tests.support.parts_oracle", work / "parts_job.json",
+                      {"src_dir": str(src_dir), "stage_dir": str(stage_dir), "work": str(work), "mid": mid,
+                       "dst": dst})
     return work / "parts", work / "expected"
 
 

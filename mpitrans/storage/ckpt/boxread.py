@@ -15,6 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from mpitrans.errors import CheckpointFormatError
+from mpitrans.storage.base import contiguous_run
 from mpitrans.storage.ckpt.index import Record, TensorEntry
 
 READ_WINDOW = 16 * 1024 * 1024  # largest single read used to gather a strided box
@@ -100,16 +101,17 @@ def read_box_into(fd: int, entry: TensorEntry, box: Sequence[tuple[int, int]], o
     their gaps get one pread per run; where runs are dense, a window is read whole and gathered with numpy,
     so a narrow column slice costs a few large reads rather than a syscall per row.
     """
-    span = _contiguous_span(entry, box)
-    if span is not None and len(entry.records) == 1 and span[0] + span[1] <= entry.records[0].nbytes:
+    run = contiguous_run(box, entry.shape)
+    if run is not None and len(entry.records) == 1 and (run[0] + run[1]) * entry.itemsize <= entry.records[0].nbytes:
         # One run inside one record (most boxes of a metadata-heavy job): a single pread, no plan.
+        start, nbytes = run[0] * entry.itemsize, run[1] * entry.itemsize
         view = memoryview(out)
-        if view.readonly or view.nbytes != span[1]:
-            raise ValueError(f"read_box_into needs a writable buffer of {span[1]} bytes for box {box} of "
+        if view.readonly or view.nbytes != nbytes:
+            raise ValueError(f"read_box_into needs a writable buffer of {nbytes} bytes for box {box} of "
                              f"{entry.name!r}")
-        if span[1]:
+        if nbytes:
             _pread_into(fd, view.cast("B") if view.format != "B" or view.ndim != 1 else view,
-                        entry.records[0].offset + span[0], entry)
+                        entry.records[0].offset + start, entry)
         return
     plan = _plan(entry, box)
     view = memoryview(out)
@@ -121,42 +123,6 @@ def read_box_into(fd: int, entry: TensorEntry, box: Sequence[tuple[int, int]], o
                          f"needs {plan.nbytes}")
     if plan.nbytes:
         _Gather(fd, entry, plan, view).level(0, plan.base, 0)
-
-
-_SPANS: dict[tuple, tuple[int, int] | None] = {}  # (shape, itemsize, box) -> `_contiguous_span`; tensors
-# of one layout class ask for the same boxes of the same shapes, thousands of times in a metadata-heavy job
-
-
-def _contiguous_span(entry: TensorEntry, box: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-    """(byte offset in the tensor, byte count) when `box` is one contiguous run of it, else None: after the
-    leading dims the box takes one index of, at most one dim is partial and every later one is whole."""
-    key = (entry.shape, entry.itemsize, box)
-    try:
-        return _SPANS[key]
-    except KeyError:
-        pass
-    except TypeError:  # a box given as lists
-        return _span_of(entry.shape, entry.itemsize, box)
-    if len(_SPANS) > 1 << 16:
-        _SPANS.clear()
-    found = _SPANS[key] = _span_of(entry.shape, entry.itemsize, box)
-    return found
-
-
-def _span_of(shape: tuple[int, ...], itemsize: int, box: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-    if len(box) != len(shape):
-        return None
-    k = 0
-    while k < len(shape) - 1 and box[k][1] - box[k][0] == 1:
-        k += 1
-    offset = 0
-    count = 1
-    for j, ((a, b), dim) in enumerate(zip(box, shape, strict=True)):
-        if not 0 <= a <= b <= dim or (j > k and (a, b) != (0, dim)):
-            return None
-        offset = offset * dim + a
-        count *= b - a
-    return offset * itemsize, count * itemsize
 
 
 class _Gather:

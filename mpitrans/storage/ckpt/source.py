@@ -59,13 +59,6 @@ def _parse_export(data: bytes) -> _Parsed:
     return _Parsed(size, crc, specs, metas)
 
 
-def import_index(path: str, data: bytes) -> CheckpointIndex:
-    parsed = _parsed_or_fail(path, data)
-    entries = [TensorEntry(m.name, spec[0], spec[1], ITEM_SIZES[spec[0]], spec[2], path)
-               for m, spec in zip(parsed.metas, parsed.specs.values(), strict=True)]
-    return CheckpointIndex(path, parsed.size, entries, parsed.crc)
-
-
 def _parsed_or_fail(path: str, data: bytes) -> _Parsed:
     try:
         return _parse_export(data)
@@ -87,11 +80,16 @@ def _read_whole(path: str, size: int) -> bytes:
     return data
 
 
-def _non_content(data: bytes, parsed: _Parsed) -> bytes:
-    """The bytes outside every tensor's content records, joined in file order."""
+def _content_ranges(parsed: _Parsed) -> list[tuple[int, int]]:
+    """(offset, nbytes) of every tensor content record, in file order."""
+    return sorted((r.offset, r.nbytes) for _, _, records in parsed.specs.values() for r in records)
+
+
+def _non_content(data: bytes, ranges: list[tuple[int, int]]) -> bytes:
+    """The bytes outside the content `ranges`, joined in file order."""
     view = memoryview(data)
     parts, pos = [], 0
-    for offset, nbytes in sorted((r.offset, r.nbytes) for _, _, records in parsed.specs.values() for r in records):
+    for offset, nbytes in ranges:
         parts.append(view[pos:offset])
         pos = offset + nbytes
     parts.append(view[pos:])
@@ -119,7 +117,8 @@ class CkptSource:
         self._blob = index
         self._parsed = _parsed_or_fail(path, index)
         self._entries: dict[str, TensorEntry] = {}
-        self._headers: bytes | None = None  # every non-content byte, once `twin` was asked
+        # once `twin` was asked: the content records' ranges, and every byte outside them
+        self._headers: tuple[list[tuple[int, int]], bytes] | None = None
         self._fd = -1
 
     @property
@@ -145,11 +144,13 @@ class CkptSource:
                 or size > TWIN_BYTES_PER_TENSOR * max(len(self._parsed.specs), 1)):
             return None
         try:
-            if os.path.getsize(path) != self._parsed.size:
+            if os.path.getsize(path) != size:
                 return None
             if self._headers is None:
-                self._headers = _non_content(_read_whole(self.path, self._parsed.size), self._parsed)
-            if _non_content(_read_whole(path, self._parsed.size), self._parsed) != self._headers:
+                ranges = _content_ranges(self._parsed)
+                self._headers = (ranges, _non_content(_read_whole(self.path, size), ranges))
+            ranges, headers = self._headers
+            if _non_content(_read_whole(path, size), ranges) != headers:
                 return None
         except OSError:
             return None
